@@ -1,0 +1,214 @@
+"""Every table's schema, declared once (Arrow), with the Spark form derived from it.
+
+Conventions (binding for every table, see ``../shared/docs/DESIGN.md``):
+
+* times are epoch **milliseconds** (UTC) in ``int64`` columns ending in ``_ms``;
+  durations and inter-arrival times are milliseconds in ``float64`` ``*_ms`` columns;
+* IPs are strings in their canonical text form (``ipaddress.ip_address(x).compressed``);
+* ``src`` is the flow's initiator (sender of its first packet), ``dst`` the responder;
+* sizes are IP-layer bytes (IP header + payload, what NFStream calls ``ip`` accounting);
+* the partition columns (``date`` and, for scores, ``model``) are *not* in these schemas:
+  they live in the directory names (``date=YYYY-MM-DD/``) and Spark adds them on read.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --------------------------------------------------------------------------- flows
+DIRECTIONS = ("bidirectional", "src2dst", "dst2src")
+TCP_FLAGS = ("syn", "cwr", "ece", "urg", "ack", "psh", "rst", "fin")
+SPLT_LENGTH = 32
+"""Number of first packet sizes kept per flow (``splt_signed_ps``)."""
+
+
+def _direction_fields(direction: str) -> list[pa.Field]:
+    d = direction
+    return [
+        pa.field(f"{d}_first_seen_ms", pa.int64()),
+        pa.field(f"{d}_last_seen_ms", pa.int64()),
+        pa.field(f"{d}_duration_ms", pa.float64()),
+        pa.field(f"{d}_packets", pa.int64()),
+        pa.field(f"{d}_bytes", pa.int64()),
+        pa.field(f"{d}_min_ps", pa.float64()),
+        pa.field(f"{d}_mean_ps", pa.float64()),
+        pa.field(f"{d}_stddev_ps", pa.float64()),
+        pa.field(f"{d}_max_ps", pa.float64()),
+        pa.field(f"{d}_min_piat_ms", pa.float64()),
+        pa.field(f"{d}_mean_piat_ms", pa.float64()),
+        pa.field(f"{d}_stddev_piat_ms", pa.float64()),
+        pa.field(f"{d}_max_piat_ms", pa.float64()),
+    ] + [pa.field(f"{d}_{flag}_packets", pa.int64()) for flag in TCP_FLAGS]
+
+
+FLOWS = pa.schema(
+    [
+        pa.field("flow_id", pa.string(), nullable=False),
+        pa.field("community_id", pa.string()),
+        pa.field("ip_version", pa.int8()),
+        pa.field("src_ip", pa.string()),
+        pa.field("dst_ip", pa.string()),
+        pa.field("src_port", pa.int32()),
+        pa.field("dst_port", pa.int32()),
+        pa.field("protocol", pa.int16()),
+        pa.field("vlan_id", pa.int32()),
+        pa.field("first_seen_ms", pa.int64()),
+        pa.field("last_seen_ms", pa.int64()),
+    ]
+    + [f for d in DIRECTIONS for f in _direction_fields(d)]
+    + [
+        pa.field("ip_fragment_packets", pa.int64()),
+        pa.field("splt_signed_ps", pa.list_(pa.int32())),
+        pa.field("expiration_reason", pa.string()),
+        pa.field("capture_file", pa.string()),
+    ]
+)
+"""One row per bidirectional flow.
+
+``splt_signed_ps``: the first ``SPLT_LENGTH`` packet sizes (IP bytes), positive for
+src->dst and negative for dst->src. ``expiration_reason`` is one of ``idle``,
+``active``, ``fin``, ``rst``, ``end_of_capture``. ``flow_id`` is a 16-hex-digit hash of
+the canonical 5-tuple, VLAN and the first packet's timestamp in microseconds: stable
+across reruns and independent of file boundaries. ``capture_file`` is the archive-relative
+path of the file holding the flow's first packet.
+"""
+
+FLOW_KEY_COLUMNS = ("src_ip", "dst_ip", "src_port", "dst_port", "protocol")
+
+SKIP_REASONS = (
+    "non_ip",            # ARP, EAPoL, LLC, ... (valid frames that carry no IP)
+    "truncated",         # captured length too short for the headers it claims
+    "malformed_ip",      # bad IP version / header length / total length
+    "unsupported_link",  # a link type we do not decode
+    "corrupt_record",    # record header inconsistent (caplen > snaplen, ...)
+)
+
+# ------------------------------------------------------------------- ingest tables
+INGEST_STATS = pa.schema(
+    [
+        pa.field("capture_file", pa.string(), nullable=False),
+        pa.field("file_bytes", pa.int64()),
+        pa.field("file_format", pa.string()),        # pcap | pcapng | unknown
+        pa.field("link_types", pa.string()),         # comma-separated DLT numbers
+        pa.field("status", pa.string()),             # ok | partial | quarantined
+        pa.field("packets_read", pa.int64()),
+        pa.field("packets_in_flows", pa.int64()),
+        pa.field("packets_skipped", pa.int64()),
+    ]
+    + [pa.field(f"skipped_{reason}", pa.int64()) for reason in SKIP_REASONS]
+    + [
+        pa.field("ip_fragment_packets", pa.int64()),
+        pa.field("flows", pa.int64()),
+        pa.field("first_packet_ms", pa.int64()),
+        pa.field("last_packet_ms", pa.int64()),
+    ]
+)
+"""Per capture file accounting. Identity: packets_read == packets_in_flows + packets_skipped,
+and packets_skipped == sum of the skipped_* columns."""
+
+INGEST_ERRORS = pa.schema(
+    [
+        pa.field("capture_file", pa.string(), nullable=False),
+        pa.field("byte_offset", pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("fatal", pa.bool_()),               # True: rest of file unreadable
+        pa.field("quarantine_path", pa.string()),    # where a copy of the file was put
+    ]
+)
+
+# -------------------------------------------------------------------------- graph
+GRAPH_VERTICES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # "host:<ip>" or "flow:<flow_id>"
+        pa.field("type", pa.string()),                # host | flow
+    ]
+)
+
+GRAPH_EDGES = pa.schema(
+    [
+        pa.field("src", pa.string(), nullable=False),
+        pa.field("dst", pa.string(), nullable=False),
+        pa.field("relationship", pa.string()),        # src | dst | relay | similarity
+        pa.field("weight", pa.float64()),
+    ]
+)
+
+ATOMS = pa.schema(
+    [
+        pa.field("flow_id", pa.string(), nullable=False),
+        pa.field("atom_id", pa.string()),
+        pa.field("component_id", pa.string()),
+        pa.field("atom_size", pa.int64()),             # flows in the atom
+        pa.field("atom_internal_edges", pa.int64()),   # flow--flow edges inside
+        pa.field("atom_density", pa.float64()),        # 2 E / (n (n - 1)), 0 for n == 1
+        pa.field("atom_internal_weight", pa.float64()),
+    ]
+)
+
+# ------------------------------------------------------------------------- scores
+FLOW_SCORES = pa.schema(
+    [
+        pa.field("flow_id", pa.string(), nullable=False),
+        pa.field("src_ip", pa.string()),
+        pa.field("dst_ip", pa.string()),
+        pa.field("src_port", pa.int32()),
+        pa.field("dst_port", pa.int32()),
+        pa.field("protocol", pa.int16()),
+        pa.field("first_seen_ms", pa.int64()),
+        pa.field("last_seen_ms", pa.int64()),
+        pa.field("community_id", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("score", pa.float64()),               # higher = more anomalous
+        pa.field("threshold", pa.float64()),
+        pa.field("is_anomaly", pa.bool_()),
+        # evidence, A2GNN (null for rearview rows)
+        pa.field("atom_id", pa.string()),
+        pa.field("atom_size", pa.int64()),
+        pa.field("atom_density", pa.float64()),
+        pa.field("nearest_anchor", pa.int64()),
+        pa.field("anchor_distance", pa.float64()),
+        # evidence, RearView (null for a2gnn rows)
+        pa.field("triplet", pa.string()),              # "server_ip|server_port|protocol"
+        pa.field("screening_probability", pa.float64()),
+        pa.field("refined_score", pa.float64()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "flows": FLOWS,
+    "ingest_stats": INGEST_STATS,
+    "ingest_errors": INGEST_ERRORS,
+    "graph_vertices": GRAPH_VERTICES,
+    "graph_edges": GRAPH_EDGES,
+    "atoms": ATOMS,
+    "flow_scores": FLOW_SCORES,
+}
+PARTITION_COLUMNS: dict[str, tuple[str, ...]] = {
+    name: ("date", "model") if name == "flow_scores" else ("date",) for name in TABLES
+}
+
+
+def spark_schema(table: str):
+    """The Spark ``StructType`` of ``table`` (without partition columns)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(TABLES[table])
+
+
+def empty_table(table: str) -> pa.Table:
+    """A zero-row Arrow table with ``table``'s schema."""
+    return TABLES[table].empty_table()
+
+
+def conform(table: str, data: pa.Table) -> pa.Table:
+    """Select and cast ``data``'s columns to ``table``'s schema (missing ones become null).
+
+    Raises ``KeyError`` naming the unknown table; ``pa.ArrowInvalid`` on a lossy cast.
+    """
+    schema = TABLES[table]
+    columns = []
+    for field in schema:
+        if field.name in data.column_names:
+            columns.append(data.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(data.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
