@@ -1,0 +1,134 @@
+"""Warehouse layout and atomic, rerun-safe partition writes.
+
+Layout: ``<warehouse>/<table>/date=YYYY-MM-DD[/model=NAME]/part-*.parquet`` plus a
+``_SUCCESS`` marker. A partition is written to a temporary sibling directory first and
+then swapped in with ``rename`` (atomic on a local or POSIX file system), so readers
+and a crashed run never see half a partition, and rewriting a date replaces exactly that
+date. On object stores (S3) rename is not atomic: there the ``_SUCCESS`` marker, written
+last, is what marks a partition complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema
+
+SUCCESS_MARKER = "_SUCCESS"
+
+
+def partition_path(warehouse: str | os.PathLike, table: str, **partition: str) -> Path:
+    """``<warehouse>/<table>/k1=v1/k2=v2`` in the order of ``schema.PARTITION_COLUMNS``.
+
+    Raises ``ValueError`` when a partition column of the table is missing.
+    """
+    path = Path(warehouse) / table
+    for column in schema.PARTITION_COLUMNS.get(table, ("date",)):
+        if column not in partition:
+            raise ValueError(f"table {table!r} is partitioned by {column!r}: pass {column}=...")
+        path = path / f"{column}={partition[column]}"
+    return path
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a partition written to the end (its marker exists)."""
+    return (Path(path) / SUCCESS_MARKER).is_file()
+
+
+def _staging_dir(final: Path) -> Path:
+    staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` by ``staging`` with renames; the old version is removed last."""
+    (staging / SUCCESS_MARKER).touch()
+    trash = None
+    if final.exists():
+        trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex[:12]}"
+        os.rename(final, trash)
+    os.rename(staging, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_arrow_partition(
+    data: pa.Table,
+    warehouse: str | os.PathLike,
+    table: str,
+    *,
+    rows_per_file: int = 1_000_000,
+    **partition: str,
+) -> Path:
+    """Write an Arrow table (conformed to ``table``'s schema) as one partition, atomically.
+
+    Zero rows still produce a readable partition (one empty file carrying the schema).
+    Returns the final partition path.
+    """
+    final = partition_path(warehouse, table, **partition)
+    data = schema.conform(table, data)
+    staging = _staging_dir(final)
+    try:
+        if data.num_rows == 0:
+            pq.write_table(data, staging / "part-00000.parquet", compression="zstd")
+        for index, start in enumerate(range(0, data.num_rows, rows_per_file)):
+            chunk = data.slice(start, rows_per_file)
+            pq.write_table(chunk, staging / f"part-{index:05d}.parquet", compression="zstd")
+        _swap_in(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def write_spark_partition(df, warehouse: str | os.PathLike, table: str, **partition: str) -> Path:
+    """Write a Spark DataFrame (columns of ``table``'s schema) as one partition, atomically.
+
+    Columns are selected and cast to the declared schema, so a stage cannot change a
+    table's contract by accident. Spark writes into a staging directory next to the
+    final one, which is then swapped in.
+    """
+    from pyspark.sql import functions as F
+
+    final = partition_path(warehouse, table, **partition)
+    struct = schema.spark_schema(table)
+    columns = [
+        (F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+        for f in struct.fields
+    ]
+    staging = _staging_dir(final)
+    try:
+        df.select(*columns).write.mode("overwrite").parquet(str(staging))
+        (staging / SUCCESS_MARKER).unlink(missing_ok=True)
+        _swap_in(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def read_partition(spark, warehouse: str | os.PathLike, table: str, **partition: str):
+    """Read one complete partition with the table's declared schema.
+
+    Raises ``FileNotFoundError`` (with the path) when it was never written to the end.
+    """
+    path = partition_path(warehouse, table, **partition)
+    if not is_complete(path):
+        raise FileNotFoundError(f"partition {path} is missing or incomplete (no {SUCCESS_MARKER})")
+    return spark.read.schema(schema.spark_schema(table)).parquet(str(path))
+
+
+def read_arrow_partition(warehouse: str | os.PathLike, table: str, **partition: str) -> pa.Table:
+    """Read one complete partition into Arrow on this process (small tables, tests)."""
+    path = partition_path(warehouse, table, **partition)
+    if not is_complete(path):
+        raise FileNotFoundError(f"partition {path} is missing or incomplete (no {SUCCESS_MARKER})")
+    files = sorted(path.glob("*.parquet"))
+    tables = [pq.read_table(f, schema=schema.TABLES[table]) for f in files]
+    return pa.concat_tables(tables) if tables else schema.empty_table(table)
