@@ -7,8 +7,9 @@ Conventions (binding for every table, see ``../shared/docs/DESIGN.md``):
 * IPs are strings in their canonical text form (``ipaddress.ip_address(x).compressed``);
 * ``src`` is the flow's initiator (sender of its first packet), ``dst`` the responder;
 * sizes are IP-layer bytes (IP header + payload, what NFStream calls ``ip`` accounting);
-* the partition columns (``date`` and, for scores, ``model``) are *not* in these schemas:
-  they live in the directory names (``date=YYYY-MM-DD/``) and Spark adds them on read.
+* the partition columns (``date``; for scores ``model`` and ``model_version``) are *not*
+  in these schemas: they live in the directory names (``date=YYYY-MM-DD/``) and Spark
+  adds them on read (``pipeline.warehouse.read_partition``).
 """
 from __future__ import annotations
 
@@ -156,7 +157,6 @@ FLOW_SCORES = pa.schema(
         pa.field("first_seen_ms", pa.int64()),
         pa.field("last_seen_ms", pa.int64()),
         pa.field("community_id", pa.string()),
-        pa.field("model_version", pa.string()),
         pa.field("score", pa.float64()),               # higher = more anomalous
         pa.field("threshold", pa.float64()),
         pa.field("is_anomaly", pa.bool_()),
@@ -183,8 +183,12 @@ TABLES: dict[str, pa.Schema] = {
     "flow_scores": FLOW_SCORES,
 }
 PARTITION_COLUMNS: dict[str, tuple[str, ...]] = {
-    name: ("date", "model") if name == "flow_scores" else ("date",) for name in TABLES
+    name: ("date", "model", "model_version") if name == "flow_scores" else ("date",)
+    for name in TABLES
 }
+"""Directory partitioning of each table. Scores keep one partition per model *version*,
+so reprocessing a night with a pinned (other) version never overwrites earlier scores;
+``model_version`` is therefore a partition column, not a data column, of ``flow_scores``."""
 
 
 def spark_schema(table: str):

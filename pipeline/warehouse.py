@@ -113,22 +113,69 @@ def write_spark_partition(df, warehouse: str | os.PathLike, table: str, **partit
     return final
 
 
+def _prefix_path(warehouse, table: str, partition: dict[str, str]) -> tuple[Path, tuple[str, ...]]:
+    """Path of a leading prefix of the table's partition columns, and the columns left."""
+    columns = schema.PARTITION_COLUMNS.get(table, ("date",))
+    path = Path(warehouse) / table
+    given = 0
+    for column in columns:
+        if column not in partition:
+            break
+        path = path / f"{column}={partition[column]}"
+        given += 1
+    unknown = set(partition) - set(columns[:given])
+    if unknown:
+        raise ValueError(
+            f"table {table!r} is partitioned by {columns}; pass a leading prefix of them, "
+            f"got {sorted(partition)}"
+        )
+    return path, columns[given:]
+
+
+def complete_partitions(warehouse: str | os.PathLike, table: str, **partition: str) -> list[Path]:
+    """Every complete leaf partition under a prefix (e.g. all versions of a night's scores)."""
+    path, rest = _prefix_path(warehouse, table, partition)
+    pattern = "/".join(f"{column}=*" for column in rest)
+    leaves = [path] if not rest else sorted(path.glob(pattern))
+    return [leaf for leaf in leaves if is_complete(leaf)]
+
+
 def read_partition(spark, warehouse: str | os.PathLike, table: str, **partition: str):
     """Read one complete partition with the table's declared schema.
 
-    Raises ``FileNotFoundError`` (with the path) when it was never written to the end.
+    ``partition`` may name only a leading prefix of the partition columns (for
+    ``flow_scores``: ``date`` and ``model`` without ``model_version``): then every
+    complete partition below it is read and the remaining partition columns are added as
+    columns (e.g. ``model_version``). Raises ``FileNotFoundError`` (with the path) when
+    nothing complete is there.
     """
-    path = partition_path(warehouse, table, **partition)
-    if not is_complete(path):
+    path, rest = _prefix_path(warehouse, table, partition)
+    leaves = complete_partitions(warehouse, table, **partition)
+    if not leaves:
         raise FileNotFoundError(f"partition {path} is missing or incomplete (no {SUCCESS_MARKER})")
-    return spark.read.schema(schema.spark_schema(table)).parquet(str(path))
+    reader = spark.read.schema(schema.spark_schema(table))
+    if not rest:
+        return reader.parquet(str(path))
+    return reader.option("basePath", str(path)).parquet(*[str(leaf) for leaf in leaves])
 
 
 def read_arrow_partition(warehouse: str | os.PathLike, table: str, **partition: str) -> pa.Table:
-    """Read one complete partition into Arrow on this process (small tables, tests)."""
-    path = partition_path(warehouse, table, **partition)
-    if not is_complete(path):
+    """Read complete partition(s) into Arrow on this process (small tables, tests).
+
+    Like ``read_partition``, a prefix of the partition columns reads every complete
+    partition below it and adds the remaining partition columns as string columns.
+    """
+    path, rest = _prefix_path(warehouse, table, partition)
+    leaves = complete_partitions(warehouse, table, **partition)
+    if not leaves:
         raise FileNotFoundError(f"partition {path} is missing or incomplete (no {SUCCESS_MARKER})")
-    files = sorted(path.glob("*.parquet"))
-    tables = [pq.read_table(f, schema=schema.TABLES[table]) for f in files]
-    return pa.concat_tables(tables) if tables else schema.empty_table(table)
+    tables = []
+    for leaf in leaves:
+        for file in sorted(leaf.glob("*.parquet")):
+            part = pq.read_table(file, schema=schema.TABLES[table])
+            for column, value in zip(rest, leaf.relative_to(path).parts):
+                part = part.append_column(column, pa.array([value.split("=", 1)[1]] * part.num_rows, pa.string()))
+            tables.append(part)
+    if not tables:
+        return schema.empty_table(table)
+    return pa.concat_tables(tables)

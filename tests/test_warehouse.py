@@ -27,11 +27,12 @@ def test_failed_write_leaves_previous_partition_intact(tmp_path):
     assert warehouse.read_arrow_partition(tmp_path, "ingest_errors", date="2026-01-01").num_rows == 3
 
 
-def test_scores_need_their_model_partition(tmp_path):
-    with pytest.raises(ValueError, match="model"):
-        warehouse.partition_path(tmp_path, "flow_scores", date="2026-01-01")
-    path = warehouse.partition_path(tmp_path, "flow_scores", date="2026-01-01", model="a2gnn")
-    assert path.parts[-2:] == ("date=2026-01-01", "model=a2gnn")
+def test_scores_are_written_per_date_model_and_version(tmp_path):
+    with pytest.raises(ValueError, match="model_version"):
+        warehouse.partition_path(tmp_path, "flow_scores", date="2026-01-01", model="a2gnn")
+    path = warehouse.partition_path(tmp_path, "flow_scores", date="2026-01-01", model="a2gnn",
+                                    model_version="v1")
+    assert path.parts[-3:] == ("date=2026-01-01", "model=a2gnn", "model_version=v1")
 
 
 def test_spark_write_is_read_back_with_declared_schema(spark, tmp_path):
@@ -46,3 +47,20 @@ def test_incomplete_partition_is_not_read(tmp_path):
     (tmp_path / "ingest_errors" / "date=2026-01-01").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="incomplete"):
         warehouse.read_arrow_partition(tmp_path, "ingest_errors", date="2026-01-01")
+
+
+def _scores(flow_ids):
+    return pa.table({"flow_id": flow_ids, "score": [1.0] * len(flow_ids)})
+
+
+def test_a_second_model_version_never_overwrites_the_first(spark, tmp_path):
+    warehouse.write_arrow_partition(_scores(["a", "b"]), tmp_path, "flow_scores",
+                                    date="2026-01-03", model="a2gnn", model_version="v1")
+    warehouse.write_arrow_partition(_scores(["a"]), tmp_path, "flow_scores",
+                                    date="2026-01-03", model="a2gnn", model_version="v2")
+    both = warehouse.read_partition(spark, tmp_path, "flow_scores", date="2026-01-03", model="a2gnn")
+    counts = {r["model_version"]: r["count"] for r in both.groupBy("model_version").count().collect()}
+    assert counts == {"v1": 2, "v2": 1}
+    arrow = warehouse.read_arrow_partition(tmp_path, "flow_scores", date="2026-01-03")
+    assert sorted(zip(arrow["model"].to_pylist(), arrow["model_version"].to_pylist())) == [
+        ("a2gnn", "v1"), ("a2gnn", "v1"), ("a2gnn", "v2")]
