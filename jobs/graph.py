@@ -1,0 +1,102 @@
+"""Graph stages: signature statistics, the interaction graph, Leiden atoms."""
+from __future__ import annotations
+
+import json
+
+import luigi
+
+from jobs.config import TrainingWindowTask, config_class, dataclass_of, training_dates
+from jobs.ingest import ExtractFlowsTask
+from jobs.targets import MarkerTarget, PartitionTarget
+from pipeline.graph import GraphConfig
+from pipeline.partition import PartitionConfig
+
+graph = config_class("graph", GraphConfig)
+partition = config_class("partition", PartitionConfig)
+
+
+class SignatureStatsTask(TrainingWindowTask):
+    """Normalisation of packet-length signatures, fitted on the night's training window
+    (never on the night itself unless no earlier night exists)."""
+
+    def requires(self):
+        return [ExtractFlowsTask(date=d, **self.night()) for d in self._window_dates()]
+
+    def _window_dates(self):
+        import datetime as dt
+
+        return [dt.date.fromisoformat(d) for d in training_dates(self.archive_path, self.date, self.train_days)]
+
+    def output(self):
+        return MarkerTarget(str(self.warehouse_path / "graph_stats" / f"date={self.day}" / "signature_stats.json"))
+
+    def run(self):
+        from pipeline import warehouse
+        from pipeline.signatures import fit_signature_normalisation
+
+        spark = self.spark()
+        dates = [d.isoformat() for d in self._window_dates()]
+        frames = [warehouse.read_partition(spark, self.warehouse_path, "flows", date=d) for d in dates]
+        train = frames[0]
+        for frame in frames[1:]:
+            train = train.unionByName(frame)
+        stats = fit_signature_normalisation(train)
+        with self.output().open("w") as handle:
+            json.dump({"train_dates": dates, "stats": stats}, handle, indent=2, default=float)
+
+
+class BuildGraphTask(TrainingWindowTask):
+    """Hosts and flows with physical and semantic edges, in GraphFrames' schema."""
+
+    def requires(self):
+        return {
+            "flows": ExtractFlowsTask(date=self.date, **self.night()),
+            "stats": SignatureStatsTask(date=self.date, train_days=self.train_days, **self.night()),
+        }
+
+    def output(self):
+        return {
+            table: PartitionTarget(self.warehouse_path, table, date=self.day)
+            for table in ("graph_vertices", "graph_edges")
+        }
+
+    def run(self):
+        from pipeline import warehouse
+        from pipeline.graph import build_graph
+
+        spark = self.spark()
+        flows_df = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)
+        with self.input()["stats"].open() as handle:
+            stats = json.load(handle)["stats"]
+        self.progress(10, f"building the interaction graph of {self.day}")
+        vertices, edges = build_graph(flows_df, dataclass_of(graph()), stats)
+        edges = edges.persist()
+        warehouse.write_spark_partition(vertices, self.warehouse_path, "graph_vertices", date=self.day)
+        warehouse.write_spark_partition(edges, self.warehouse_path, "graph_edges", date=self.day)
+        counts = {r["relationship"]: r["count"] for r in edges.groupBy("relationship").count().collect()}
+        edges.unpersist()
+        self.progress(100, f"graph of {self.day}: edges by relationship {counts}")
+
+
+class PartitionTask(TrainingWindowTask):
+    """Leiden atoms per weakly connected component of the flow graph."""
+
+    def requires(self):
+        return BuildGraphTask(date=self.date, train_days=self.train_days, **self.night())
+
+    def output(self):
+        return PartitionTarget(self.warehouse_path, "atoms", date=self.day)
+
+    def run(self):
+        from pipeline import warehouse
+        from pipeline.partition import partition_flows
+
+        spark = self.spark()
+        vertices = warehouse.read_partition(spark, self.warehouse_path, "graph_vertices", date=self.day)
+        edges = warehouse.read_partition(spark, self.warehouse_path, "graph_edges", date=self.day)
+        self.progress(10, f"Leiden partitioning of {self.day}")
+        atoms = partition_flows(spark, vertices, edges, dataclass_of(partition()))
+        path = warehouse.write_spark_partition(atoms, self.warehouse_path, "atoms", date=self.day)
+        written = warehouse.read_partition(spark, self.warehouse_path, "atoms", date=self.day)
+        self.progress(100, f"atoms of {self.day}: {written.select('atom_id').distinct().count()} atoms "
+                           f"over {written.count()} flows -> {path}")

@@ -1,0 +1,38 @@
+"""ReportTask: the night's evaluation summary and self-contained HTML report."""
+from __future__ import annotations
+
+import luigi
+
+from jobs.scoring import ScoredNightTask
+from jobs.targets import MarkerTarget
+
+
+class ReportTask(ScoredNightTask):
+    """``reports/date=D/<versions>/report.html`` + ``summary.json``; with ``--labels`` the
+    report adds precision/recall/F1/ROC AUC per model and attack kind (evaluation only)."""
+
+    labels = luigi.Parameter(config_path={"section": "pipeline", "name": "labels"},
+                             description="labels.csv for evaluation ('' = none)")
+
+    def requires(self):
+        return self.score_tasks()
+
+    def report_dir(self):
+        return self.warehouse_path / "reports" / f"date={self.day}" / self.versions_tag()
+
+    def output(self):
+        return MarkerTarget(str(self.report_dir() / "report.html"))
+
+    def run(self):
+        from pathlib import Path
+
+        from pipeline.evaluate import evaluate_night
+        from pipeline.report import write_report
+
+        spark = self.spark()
+        train = self.score_tasks()[sorted(self.model_versions)[0]].trainer().train_dates()
+        self.progress(10, f"evaluating {self.day} (labels: {self.labels or 'none'})")
+        summary = evaluate_night(spark, self.warehouse_path, self.day, train,
+                                 Path(self.labels) if self.labels else None, sorted(self.model_versions))
+        path = write_report(spark, self.warehouse_path, self.day, summary, self.report_dir())
+        self.progress(100, f"report written to {path}")
