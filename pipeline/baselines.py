@@ -1,0 +1,143 @@
+"""Three unsupervised baselines, fitted on benign training nights only (no labels).
+
+* ``isolation_forest``: scikit-learn ``IsolationForest`` on the raw flow features
+  (``pipeline.features.raw_matrix``: log1p-scaled, not standardised; trees do not care).
+  Score = ``-score_samples`` (higher = more anomalous).
+* ``knn_distance``: Euclidean distance to the ``k``-th nearest training flow in the
+  standardised feature space (``pipeline.features`` normalisation fitted on the training
+  flows). Training scores are leave-one-out (a training flow is not its own neighbour).
+* ``novelty_lookup``: a flow is flagged when its ``(dst_ip, dst_port, protocol)``
+  (responder address, responder port, transport protocol) never occurred on a training
+  night. Score 1.0 for a novel triplet, else 0.0.
+
+Thresholds come from the training nights too: the ``threshold_quantile`` of the training
+scores (leave-one-out for kNN). Nothing here ever sees a label.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import NearestNeighbors
+
+from pipeline.features import apply_normalisation, fit_normalisation, raw_matrix
+
+log = logging.getLogger(__name__)
+
+BASELINE_NAMES = ("isolation_forest", "knn_distance", "novelty_lookup")
+TRIPLET_COLUMNS = ("dst_ip", "dst_port", "protocol")
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """Baseline settings; fixed before seeing any test night (never tuned on labels).
+
+    ``threshold_quantile``: the quantile of training scores above which a flow is
+    anomalous (the same default as RearView's benign-validation quantile, METHODS.md).
+    ``isolation_forest_trees`` / ``isolation_forest_max_samples``: scikit-learn's
+    defaults. ``knn_neighbors``: k of the k-th neighbour distance (PyOD's KNN default, 5).
+    """
+
+    threshold_quantile: float = 0.99
+    isolation_forest_trees: int = 100
+    isolation_forest_max_samples: int = 256
+    knn_neighbors: int = 5
+
+
+def _triplets(flows: pd.DataFrame) -> pd.Series:
+    """``"dst_ip|dst_port|protocol"`` per flow (nulls as empty fields)."""
+    parts = [flows[c].astype("string").fillna("") for c in TRIPLET_COLUMNS]
+    return parts[0].str.cat(parts[1:], sep="|")
+
+
+@dataclass
+class Baselines:
+    """The three fitted baselines; ``score`` applies all of them to a night."""
+
+    config: BaselinesConfig
+    isolation_forest: IsolationForest
+    isolation_forest_threshold: float
+    normalisation: dict
+    knn_index: NearestNeighbors
+    knn_k: int
+    knn_threshold: float
+    known_triplets: frozenset[str]
+
+    def _knn_distance(self, standardised: np.ndarray) -> np.ndarray:
+        distances, _ = self.knn_index.kneighbors(standardised, n_neighbors=self.knn_k)
+        return distances[:, -1]
+
+    def score(self, flows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{name: (scores [num_flows] float64, is_anomaly [num_flows] bool)}``.
+
+        ``flows`` has the ``flows`` table's columns (``pipeline.schema.FLOWS``).
+        """
+        if len(flows) == 0:
+            empty = (np.zeros(0), np.zeros(0, dtype=bool))
+            return {name: empty for name in BASELINE_NAMES}
+        forest = -self.isolation_forest.score_samples(raw_matrix(flows))
+        knn = self._knn_distance(apply_normalisation(flows, self.normalisation))
+        novel = ~_triplets(flows).isin(self.known_triplets).to_numpy()
+        return {
+            "isolation_forest": (forest, forest > self.isolation_forest_threshold),
+            "knn_distance": (knn.astype(np.float64), knn > self.knn_threshold),
+            "novelty_lookup": (novel.astype(np.float64), novel),
+        }
+
+
+def fit_baselines(
+    train_flows: pd.DataFrame, seed: int, config: BaselinesConfig = BaselinesConfig()
+) -> Baselines:
+    """Fit the three baselines and their thresholds on benign training flows.
+
+    ``train_flows``: rows of the ``flows`` table from the training nights. Raises
+    ``ValueError`` when there are fewer than two training flows.
+    """
+    if len(train_flows) < 2:
+        raise ValueError(f"baselines need at least 2 training flows, got {len(train_flows)}")
+    raw = raw_matrix(train_flows)
+    forest = IsolationForest(
+        n_estimators=config.isolation_forest_trees,
+        max_samples=min(config.isolation_forest_max_samples, len(train_flows)),
+        random_state=seed,
+    ).fit(raw)
+    forest_train = -forest.score_samples(raw)
+
+    normalisation = fit_normalisation(train_flows)
+    standardised = apply_normalisation(train_flows, normalisation)
+    index = NearestNeighbors().fit(standardised)
+    k = min(config.knn_neighbors, len(train_flows) - 1)
+    # leave-one-out: ask for k + 1 neighbours and drop each flow's own row
+    distances, neighbours = index.kneighbors(standardised, n_neighbors=k + 1)
+    own = neighbours == np.arange(len(train_flows))[:, None]
+    # a flow with exact duplicates may not be returned as its own first neighbour:
+    # drop the first column that is itself, else the last column
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(len(train_flows)), drop] = False
+    knn_train = distances[keep].reshape(len(train_flows), k)[:, -1]
+
+    known = frozenset(_triplets(train_flows).unique().tolist())
+    q = config.threshold_quantile
+    baselines = Baselines(
+        config=config,
+        isolation_forest=forest,
+        isolation_forest_threshold=float(np.quantile(forest_train, q)),
+        normalisation=normalisation,
+        knn_index=index,
+        knn_k=k,
+        knn_threshold=float(np.quantile(knn_train, q)),
+        known_triplets=known,
+    )
+    log.info(
+        "baselines fitted on %d training flows: forest threshold %.4f, kNN threshold %.4f, "
+        "%d known triplets",
+        len(train_flows),
+        baselines.isolation_forest_threshold,
+        baselines.knn_threshold,
+        len(known),
+    )
+    return baselines

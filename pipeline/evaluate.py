@@ -1,0 +1,302 @@
+"""Evaluate one night: the detectors' scores and three baselines, against labels if given.
+
+``python -m pipeline.evaluate --warehouse W --date D --train-dates D1,D2
+[--labels labels.csv] [--models a2gnn,rearview] --out DIR`` writes ``DIR/summary.json``,
+``DIR/results.md`` (the table) and ``DIR/report.html`` (``pipeline.report``).
+
+Inputs are warehouse partitions (``pipeline.warehouse``): ``flows`` of the scored night
+and of the training nights, ``flow_scores`` of the night per model, and ``ingest_stats``
+/ ``ingest_errors`` for volumes. The baselines (``pipeline.baselines``) are fitted on the
+training nights' flows, never on labels. A model whose scores partition is missing is
+reported as unavailable, not as an error: the nightly report must still be written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import metrics
+from pipeline.baselines import BaselinesConfig, fit_baselines
+from pipeline.features import FEATURE_COLUMNS
+from pipeline.labels import BENIGN, label_flows, read_labels
+from pipeline.warehouse import SUCCESS_MARKER, complete_partitions, read_partition
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = ("a2gnn", "rearview")
+FLOW_COLUMNS = (
+    "flow_id",
+    "src_ip",
+    "dst_ip",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "first_seen_ms",
+    "last_seen_ms",
+    "bidirectional_bytes",
+) + tuple(c for c in FEATURE_COLUMNS if c != "bidirectional_bytes")
+"""Columns of ``flows`` the evaluation loads (the baselines' features and the label keys)."""
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``seed`` for the stochastic baselines; ``baselines`` their fixed settings."""
+
+    seed: int = 0
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+
+def read_flows(spark, warehouse: Path, date: str) -> pd.DataFrame:
+    """The night's flows (``FLOW_COLUMNS`` only) as pandas. Raises ``FileNotFoundError``."""
+    return read_partition(spark, warehouse, "flows", date=date).select(*FLOW_COLUMNS).toPandas()
+
+
+def latest_score_version(warehouse: Path, date: str, model: str) -> str | None:
+    """The ``model_version`` of ``model``'s most recently completed scores of ``date``.
+
+    Scores are partitioned by version (``pipeline.schema.PARTITION_COLUMNS``); a night
+    reprocessed with another version has several. ``None`` when there are none.
+    """
+    leaves = complete_partitions(warehouse, "flow_scores", date=date, model=model)
+    if not leaves:
+        return None
+    if len(leaves) > 1:
+        log.warning("%d score versions of %s on %s: evaluating the newest", len(leaves), model, date)
+    newest = max(leaves, key=lambda leaf: (leaf / SUCCESS_MARKER).stat().st_mtime)
+    return newest.name.split("=", 1)[1]
+
+
+def read_model_scores(spark, warehouse: Path, date: str, model: str, version: str):
+    """``model``'s scores of ``date`` at ``version`` as a Spark DataFrame."""
+    return read_partition(spark, warehouse, "flow_scores", date=date, model=model, model_version=version)
+
+
+def night_volumes(spark, warehouse: Path, date: str, flows: pd.DataFrame) -> dict:
+    """Flow, packet and byte totals, plus ingest accounting when its tables exist."""
+    volumes: dict = {
+        "flows": int(len(flows)),
+        "packets": int(flows["bidirectional_packets"].fillna(0).sum()),
+        "bytes": int(flows["bidirectional_bytes"].fillna(0).sum()),
+        "hosts": int(pd.concat([flows["src_ip"], flows["dst_ip"]]).nunique()),
+    }
+    try:
+        stats = read_partition(spark, warehouse, "ingest_stats", date=date).toPandas()
+        skipped = [c for c in stats.columns if c.startswith("skipped_")]
+        volumes["ingest"] = {
+            "files": int(len(stats)),
+            "file_bytes": int(stats["file_bytes"].fillna(0).sum()),
+            "packets_read": int(stats["packets_read"].fillna(0).sum()),
+            "packets_in_flows": int(stats["packets_in_flows"].fillna(0).sum()),
+            "packets_skipped": int(stats["packets_skipped"].fillna(0).sum()),
+            "skipped_by_reason": {c[len("skipped_"):]: int(stats[c].fillna(0).sum()) for c in skipped},
+            "files_by_status": {str(k): int(v) for k, v in stats["status"].value_counts().items()},
+        }
+    except FileNotFoundError:
+        volumes["ingest"] = None
+    try:
+        errors = read_partition(spark, warehouse, "ingest_errors", date=date).toPandas()
+        volumes["ingest_errors"] = {
+            "errors": int(len(errors)),
+            "fatal": int(errors["fatal"].fillna(False).sum()),
+            "by_reason": {str(k): int(v) for k, v in errors["reason"].value_counts().items()},
+        }
+    except FileNotFoundError:
+        volumes["ingest_errors"] = None
+    return volumes
+
+
+def _detector_entry(
+    family: str,
+    scores: np.ndarray,
+    is_anomaly: np.ndarray,
+    kinds: np.ndarray | None,
+    scored_flows: int,
+    threshold: float | None,
+) -> dict:
+    """One detector's summary: counts, metrics and per kind when labelled, plots' data."""
+    is_attack = None if kinds is None else kinds != BENIGN
+    entry = {
+        "family": family,
+        "available": True,
+        "scored_flows": int(scored_flows),
+        "flagged": int(np.sum(is_anomaly)),
+        "threshold": None if threshold is None or not math.isfinite(threshold) else float(threshold),
+        "metrics": None,
+        "per_kind": None,
+        "curves": None,
+        "histogram": metrics.score_histograms(scores, is_attack),
+    }
+    if kinds is not None:
+        entry["metrics"] = metrics.binary_metrics(is_attack, scores, is_anomaly)
+        entry["per_kind"] = metrics.per_kind_detection(kinds, is_anomaly)
+        entry["curves"] = metrics.curves(is_attack, scores)
+    return entry
+
+
+def _align_model_scores(flows: pd.DataFrame, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int, float | None]:
+    """Model scores aligned to ``flows`` rows by ``flow_id``; unscored flows: NaN, False."""
+    scores = scores.drop_duplicates("flow_id", keep="first").set_index("flow_id")
+    aligned = scores.reindex(flows["flow_id"])
+    values = aligned["score"].to_numpy(dtype=np.float64, na_value=np.nan)
+    flagged = aligned["is_anomaly"].fillna(False).to_numpy(dtype=bool)
+    thresholds = scores["threshold"].dropna()
+    threshold = float(thresholds.median()) if len(thresholds) else None
+    return values, flagged, int(aligned["score"].notna().sum()), threshold
+
+
+def evaluate_night(
+    spark,
+    warehouse: Path,
+    date: str,
+    train_dates: list[str],
+    labels_path: Path | None,
+    models: list[str],
+    config: EvaluationConfig = EvaluationConfig(),
+) -> dict:
+    """JSON-able summary of one night (see ``docs/`` and ``pipeline.report``).
+
+    ``{"date", "train_dates", "labels_file", "models", "volumes", "attack_flows_by_kind",
+    "detectors": {name: {"family": "model"|"baseline", "available", "scored_flows",
+    "flagged", "threshold", "metrics", "per_kind", "curves", "histogram"}}}``;
+    ``metrics``/``per_kind``/``curves`` are ``None`` without labels.
+    """
+    warehouse = Path(warehouse)
+    flows = read_flows(spark, warehouse, date)
+    log.info("evaluating %s: %d flows", date, len(flows))
+    kinds = None
+    if labels_path is not None:
+        kinds = label_flows(flows, read_labels(labels_path)).to_numpy(dtype=object)
+
+    detectors: dict[str, dict] = {}
+    for model in models:
+        version = latest_score_version(warehouse, date, model)
+        if version is None:
+            log.warning("no scores for model %s on %s", model, date)
+            detectors[model] = {"family": "model", "available": False}
+            continue
+        scores = read_model_scores(spark, warehouse, date, model, version)
+        scores = scores.select("flow_id", "score", "threshold", "is_anomaly").toPandas()
+        values, flagged, scored, threshold = _align_model_scores(flows, scores)
+        detectors[model] = _detector_entry("model", values, flagged, kinds, scored, threshold)
+        detectors[model]["model_version"] = version
+
+    train = pd.concat([read_flows(spark, warehouse, d) for d in train_dates], ignore_index=True)
+    baselines = fit_baselines(train, config.seed, config.baselines)
+    thresholds = {
+        "isolation_forest": baselines.isolation_forest_threshold,
+        "knn_distance": baselines.knn_threshold,
+        "novelty_lookup": 0.5,
+    }
+    for name, (values, flagged) in baselines.score(flows).items():
+        detectors[name] = _detector_entry("baseline", values, flagged, kinds, len(flows), thresholds[name])
+
+    attack_kinds = None
+    if kinds is not None:
+        attack_kinds = {str(k): int(v) for k, v in pd.Series(kinds).value_counts().sort_index().items()}
+    return {
+        "date": date,
+        "train_dates": list(train_dates),
+        "train_flows": int(len(train)),
+        "labels_file": None if labels_path is None else str(labels_path),
+        "models": list(models),
+        "volumes": night_volumes(spark, warehouse, date, flows),
+        "attack_flows_by_kind": attack_kinds,
+        "detectors": detectors,
+    }
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def results_markdown(summary: dict) -> str:
+    """The evaluation table(s) of ``summary`` as GitHub markdown."""
+    lines = [f"Night {summary['date']}, trained on {', '.join(summary['train_dates'])}.", ""]
+    labelled = summary.get("attack_flows_by_kind") is not None
+    if labelled:
+        lines += [
+            "| detector | family | flagged | precision | recall | F1 | ROC AUC | PR AUC |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += ["| detector | family | scored flows | flagged |", "|---|---|---:|---:|"]
+    for name, entry in summary["detectors"].items():
+        if not entry.get("available"):
+            lines.append(f"| {name} | {entry['family']} | not available |" + " |" * (6 if labelled else 1))
+            continue
+        m = entry["metrics"]
+        if labelled:
+            lines.append(
+                f"| {name} | {entry['family']} | {entry['flagged']} | {_fmt(m['precision'])} | "
+                f"{_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} |"
+            )
+        else:
+            lines.append(f"| {name} | {entry['family']} | {entry['scored_flows']} | {entry['flagged']} |")
+    if labelled:
+        attack = [k for k in summary["attack_flows_by_kind"] if k != BENIGN]
+        available = [n for n, e in summary["detectors"].items() if e.get("available")]
+        lines += ["", "Recall per attack kind (flows detected / attack flows):", ""]
+        lines.append("| kind | flows | " + " | ".join(available) + " |")
+        lines.append("|---|---:|" + "---:|" * len(available))
+        for kind in attack:
+            cells = []
+            for name in available:
+                pk = summary["detectors"][name]["per_kind"][kind]
+                cells.append(f"{pk['recall']:.2f} ({pk['detected']})")
+            lines.append(f"| {kind} | {summary['attack_flows_by_kind'][kind]} | " + " | ".join(cells) + " |")
+        benign = []
+        for name in available:
+            pk = summary["detectors"][name]["per_kind"].get(BENIGN, {"flagged": 0, "false_positive_rate": 0.0})
+            benign.append(f"{pk['false_positive_rate']:.3f} ({pk['flagged']})")
+        lines.append(f"| benign (false alarms) | {summary['attack_flows_by_kind'].get(BENIGN, 0)} | " + " | ".join(benign) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--warehouse", type=Path, required=True)
+    parser.add_argument("--date", required=True, help="the scored night, YYYY-MM-DD")
+    parser.add_argument("--train-dates", required=True, help="comma-separated training nights")
+    parser.add_argument("--labels", type=Path, default=None, help="labels.csv (optional)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=EvaluationConfig.seed)
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from pipeline.report import write_report
+    from pipeline.spark import get_spark
+
+    spark = get_spark(args.warehouse)
+    models = [m for m in args.models.split(",") if m]
+    train_dates = [d for d in args.train_dates.split(",") if d]
+    summary = evaluate_night(
+        spark, args.warehouse, args.date, train_dates, args.labels, models, EvaluationConfig(seed=args.seed)
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_text_atomically(args.out / "results.md", results_markdown(summary))
+    if args.no_report:
+        _write_text_atomically(args.out / "summary.json", json.dumps(summary, indent=1))
+    else:
+        html = write_report(spark, args.warehouse, args.date, summary, args.out)
+        log.info("report: %s", html)
+    print(results_markdown(summary))  # the table is the command's product on stdout
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The nightly HTML report: self-contained, complete with labels, still useful without."""
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from pipeline.evaluate import evaluate_night
+from pipeline.report import atom_layout, write_report
+from test_evaluate import FLOOD_PREFIX, SCAN_ATTACKER, TEST_DATE, TRAIN_DATES, build_synthetic_warehouse
+
+
+@pytest.fixture(scope="module")
+def labelled_report(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_labelled")
+    warehouse, labels = build_synthetic_warehouse(root)
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, labels, ["a2gnn", "rearview"])
+    path = write_report(spark, warehouse, TEST_DATE, summary, root / "out")
+    return path, summary
+
+
+def _no_external_references(text: str) -> bool:
+    return not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
+
+
+def test_report_and_summary_are_written_together_and_nothing_else(labelled_report):
+    path, summary = labelled_report
+    assert path.name == "report.html"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.html", "summary.json"]
+    assert json.loads((path.parent / "summary.json").read_text()) == summary
+
+
+def test_labelled_report_is_self_contained_and_shows_quality_plots_and_evidence(labelled_report):
+    text = labelled_report[0].read_text()
+    assert _no_external_references(text)
+    for heading in ("Volumes", "Detection quality", "Recall per attack kind", "ROC and precision-recall",
+                    "Score distributions", "Top anomalous flows", "Largest anomalous atoms", "Hosts"):
+        assert heading in text, heading
+    # every plot is an inline PNG: curves, distributions, atoms
+    assert text.count("data:image/png;base64,") == 3
+    # evidence columns of both models and the scan's attacker among the top flows
+    for column in ("anchor_distance", "atom_density", "screening_probability", "refined_score"):
+        assert f">{column}</th>" in text
+    assert f"{SCAN_ATTACKER}:55555" in text
+    assert f"{FLOOD_PREFIX}.1" in text
+
+
+def test_unlabelled_night_without_model_scores_still_gets_a_report(spark, tmp_path):
+    warehouse, _ = build_synthetic_warehouse(tmp_path, with_scores=False)
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn", "rearview"])
+    text = write_report(spark, warehouse, TEST_DATE, summary, tmp_path / "out").read_text()
+    assert _no_external_references(text)
+    assert "Detection quality" not in text
+    assert "no labels (nightly run)" in text
+    assert "Score distributions" in text and "all flows of the night" in text
+    assert text.count("No scores for this night.") == 2
+    # volumes from flows and ingest tables, hosts ranked by traffic
+    assert ">260</div><div class=\"label\">flows" in text
+    assert ">2</div><div class=\"label\">ingest errors" in text
+    assert "busiest first" in text
+    assert "10.10.0.81" in text
+
+
+def test_atom_layout_puts_every_flow_between_its_two_hosts():
+    atom = pd.DataFrame({
+        "flow_id": ["f1", "f2", "f3", "f4"],
+        "src_ip": ["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.3"],
+        "dst_ip": ["10.0.0.2", "10.0.0.2", "10.0.0.2", "10.0.0.1"],
+    })
+    pos = atom_layout(atom)
+    assert set(pos) == {"host:10.0.0.1", "host:10.0.0.2", "host:10.0.0.3",
+                        "flow:f1", "flow:f2", "flow:f3", "flow:f4"}
+    a, b = pd.Series(pos["host:10.0.0.1"]), pd.Series(pos["host:10.0.0.2"])
+    parallel = [pd.Series(pos[f"flow:{f}"]) for f in ("f1", "f2", "f3")]
+    # the three parallel flows are fanned out (distinct points) around the pair's midpoint
+    assert len({tuple(p.round(6)) for p in parallel}) == 3
+    centre = sum(parallel) / 3
+    assert ((centre - (a + b) / 2).abs() < 1e-9).all()
