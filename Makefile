@@ -13,7 +13,6 @@ ARCHIVE       ?= sample/archive
 WAREHOUSE     ?= warehouse
 SHARED_DATA   ?= ../shared/data
 FUZZ_CASES    ?= 10000
-export LUIGI_CONFIG_PATH := $(CURDIR)/conf/luigi.cfg
 export PYSPARK_PYTHON    := $(CURDIR)/$(PY)
 
 .PHONY: install run test bench fuzz results clean help
@@ -32,7 +31,7 @@ $(STAMP): setup.cfg setup.py
 
 run: install
 	$(LUIGI) --module jobs DetectTask --date $(DATE) --archive $(ARCHIVE) --warehouse $(WAREHOUSE) \
-		--labels sample/labels.csv --local-scheduler
+		--ReportTask-labels sample/labels.csv --local-scheduler
 	@echo
 	@echo "Tables:   $(WAREHOUSE)/{flows,flow_scores,atoms,ingest_stats,ingest_errors}/date=$(DATE)/"
 	@echo "          Spark SQL database 'traffic' (metastore $(WAREHOUSE)/metastore_db)"

@@ -41,6 +41,13 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 
 def _staging_dir(final: Path) -> Path:
+    """A fresh staging directory beside ``final``; leftovers of a killed writer of the same
+    partition are removed first (one writer per partition is the scheduler's job)."""
+    if final.parent.is_dir():
+        for stale in final.parent.glob(f".staging-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in final.parent.glob(f".trash-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True)
     return staging

@@ -1,0 +1,151 @@
+"""DetectTask end to end, in this process, on the embedded sample archive (tiny models)."""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import luigi
+import pytest
+from luigi.configuration.cfg_parser import LuigiConfigParser
+
+import jobs
+from pipeline import model_store, warehouse
+from tests.pipeline_runs import SAMPLE_ARCHIVE, SAMPLE_LABELS, TINY_CFG, table_rows
+
+pytestmark = pytest.mark.slow
+NIGHT = dt.date(2026, 1, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    LuigiConfigParser.add_config_path(str(TINY_CFG))
+    LuigiConfigParser.reload()
+    yield
+    LuigiConfigParser._config_paths.remove(str(TINY_CFG))
+    LuigiConfigParser.reload()
+
+
+def _build(*tasks) -> luigi.execution_summary.LuigiRunResult:
+    return luigi.build(list(tasks), local_scheduler=True, detailed_summary=True, log_level="WARNING")
+
+
+def _detect(warehouse_root, **params):
+    return jobs.DetectTask(date=NIGHT, archive=str(SAMPLE_ARCHIVE), warehouse=str(warehouse_root), **params)
+
+
+@pytest.fixture(scope="module")
+def detected(spark, tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("detect")
+    luigi.configuration.get_config().set("ReportTask", "labels", str(SAMPLE_LABELS))
+    result = _build(_detect(root))
+    return root, result
+
+
+def test_detect_runs_every_stage_and_succeeds(detected):
+    root, result = detected
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    for table in ("flows", "ingest_stats", "ingest_errors", "graph_vertices", "graph_edges", "atoms"):
+        assert warehouse.is_complete(warehouse.partition_path(root, table, date="2026-01-03")), table
+    for model in ("a2gnn", "rearview"):
+        leaves = warehouse.complete_partitions(root, "flow_scores", date="2026-01-03", model=model)
+        assert len(leaves) == 1, model
+    assert list((root / "reports" / "date=2026-01-03").glob("*/report.html"))
+
+
+def test_models_train_on_the_nights_before_and_scores_cover_every_flow(detected, spark):
+    root, _ = detected
+    flows = warehouse.read_partition(spark, root, "flows", date="2026-01-03").count()
+    for model in ("a2gnn", "rearview"):
+        manifest = model_store.latest_version(root, model)
+        assert manifest["train_dates"] == ["2026-01-01", "2026-01-02"]
+        scores = warehouse.read_partition(spark, root, "flow_scores", date="2026-01-03", model=model)
+        assert scores.count() == flows
+        assert scores.select("model_version").distinct().collect()[0][0] == manifest["version"]
+
+
+def test_rerun_is_complete_and_runs_nothing(detected):
+    root, _ = detected
+    started = []
+
+    def record(task):
+        started.append(task.task_family)
+
+    luigi.Task.event_handler(luigi.Event.START)(record)
+    try:
+        result = _build(_detect(root))
+    finally:
+        luigi.Task._event_callbacks[luigi.Task][luigi.Event.START].discard(record)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS
+    assert started == []
+
+
+def test_pinned_version_reproduces_identical_scores(detected):
+    root, _ = detected
+    version = model_store.latest_version(root, "a2gnn")["version"]
+    before = table_rows(root, "flow_scores", ["model", "flow_id"])
+    shutil.rmtree(warehouse.partition_path(root, "flow_scores", date="2026-01-03", model="a2gnn",
+                                           model_version=version))
+    result = _build(_detect(root, models="a2gnn", model_version=version))
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    assert table_rows(root, "flow_scores", ["model", "flow_id"]) == before
+
+
+def test_a_new_model_version_never_overwrites_earlier_scores(detected):
+    root, _ = detected
+    old = model_store.latest_version(root, "rearview")["version"]
+    before = table_rows(root / "flow_scores" / "date=2026-01-03" / "model=rearview", f"model_version={old}",
+                        ["flow_id"])
+    config = luigi.configuration.get_config()
+    config.set("rearview", "seed", "7")
+    try:
+        result = _build(_detect(root, models="rearview"))
+    finally:
+        config.remove_option("rearview", "seed")
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    versions = [m["version"] for m in model_store.list_versions(root, "rearview")]
+    assert len(versions) == 2 and old in versions
+    after = table_rows(root / "flow_scores" / "date=2026-01-03" / "model=rearview", f"model_version={old}",
+                       ["flow_id"])
+    assert after == before
+
+
+def test_reuse_policy_scores_next_night_with_existing_model(detected, tmp_path):
+    from jobs.modeling import reusable_version
+
+    root, _ = detected
+    manifest = model_store.latest_version(root, "a2gnn")
+    config = manifest["config"]
+    assert reusable_version(root, "a2gnn", dt.date(2026, 1, 4), config, 7) == manifest["version"]
+    assert reusable_version(root, "a2gnn", dt.date(2026, 1, 20), config, 7) is None
+    assert reusable_version(root, "a2gnn", dt.date(2026, 1, 2), config, 7) is None
+    assert reusable_version(root, "a2gnn", dt.date(2026, 1, 4), {"other": 1}, 7) is None
+
+
+def _readme_queries() -> list[str]:
+    from tests.pipeline_runs import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split("Three queries analysts run", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    return [q.strip() for q in block.split(";") if q.strip()]
+
+
+def test_readme_analyst_queries_run_on_published_tables(detected, spark, tmp_path):
+    from pipeline.zeek import read_zeek_log
+
+    root, _ = detected
+    known = spark.table("traffic.flow_scores_latest").where("`date` = '2026-01-03' AND model = 'a2gnn'") \
+        .orderBy("flow_id").limit(3).collect()
+    conn_log = tmp_path / "conn.log"
+    conn_log.write_text(
+        "#separator \\x09\n#path\tconn\n"
+        "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\tcommunity_id\n"
+        "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tstring\n"
+        + "".join(f"{r.first_seen_ms / 1000:.6f}\tC{i}\t{r.src_ip}\t{r.src_port}\t{r.dst_ip}\t{r.dst_port}"
+                  f"\ttcp\t-\t{r.community_id}\n" for i, r in enumerate(known))
+        + "#close\t2026-01-04-00-00-00\n"
+    )
+    read_zeek_log(spark, conn_log).createOrReplaceTempView("zeek_conn")
+    top, atoms, joined = (spark.sql(q).collect() for q in _readme_queries())
+    assert all(row.score >= row.threshold for row in top)
+    assert all(row.anomalous >= 1 and row.hosts for row in atoms)
+    assert {row.uid for row in joined if row.model == "a2gnn"} == {f"C{i}" for i in range(len(known))}
