@@ -1,0 +1,444 @@
+"""A2GNN training, anchors and scores (maths and the training loop; no Spark here).
+
+Data: an :class:`AtomGraph` holds one or more nights' flows as arrays, with atoms made
+contiguous ids ``0..A-1``. Because of the isolation mask atoms are independent
+subgraphs, so training and embedding iterate over *batches of atoms*: memory is bounded
+by the batch, not by the night.
+
+Loss for a batch of ``N`` flows (projections ``p``, ``p'`` of two augmented views, view 1
+with edges dropped with probability ``edge_drop``, view 2 with feature columns masked
+with probability ``feature_mask``; ``tau`` the temperature; all vectors L2-normalised):
+
+* fine (InfoNCE / NT-Xent over the ``2N`` views)::
+
+      L_fine = -1/(2N) sum_i [ log exp(p_i.p'_i / tau) / sum_{k != i} exp(v_i.v_k / tau) ]
+
+  (``v`` the ``2N`` stacked views; each view's positive is its twin);
+* coarse (node against community centroids ``m_a = normalise(mean_{i in a} p_i)``)::
+
+      L_coarse = -1/N sum_i log softmax_a(p_i.m_a / tau)[atom(i)]
+
+* total ``L = L_fine + coarse_weight * L_coarse``.
+
+Anchors are the mean embedding ``z`` of every training atom; ``score(flow) =
+min_a ||z - anchor_a||_2``; the threshold is EVT peaks-over-threshold on training scores.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch_geometric.utils import dropout_edge, mask_feature
+
+from models.a2gnn import A2GNN
+from models.thresholds import evt_threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class A2GNNConfig:
+    """Hyper-parameters (defaults: METHODS.md "Atomic-Anchor", authors' reference code).
+
+    ``atoms_per_batch`` atoms form one training batch, capped at ``max_batch_flows``
+    flows (an atom larger than the cap is a batch of its own); the fine loss uses at most
+    ``contrastive_sample`` flows of a batch (its ``2N x 2N`` similarity matrix bounds
+    memory). ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``num_processes``/``use_gpu``/``local_mode`` go to TorchDistributor.
+    ``cpu_threads``: torch intra-op threads of a training worker (0 = torch's default;
+    on a shared, busy machine 1 avoids spin-waiting threads; results are bit-identical
+    only for the same thread count).
+    """
+
+    hidden: int = 64
+    heads: int = 8
+    out_dim: int = 32
+    layers: int = 2
+    dropout: float = 0.3
+    edge_drop: float = 0.3
+    feature_mask: float = 0.3
+    temperature: float = 0.5
+    coarse_weight: float = 0.5
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    epochs: int = 20
+    atoms_per_batch: int = 512
+    max_batch_flows: int = 8192
+    contrastive_sample: int = 4096
+    seed: int = 42
+    evt_quantile: float = 0.95
+    evt_risk: float = 0.002
+    device: str = "auto"
+    num_processes: int = 1
+    use_gpu: bool = False
+    local_mode: bool = True
+    cpu_threads: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "A2GNNConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class AtomGraph:
+    """Flows of one or more nights as a graph partitioned into atoms.
+
+    ``x [N, F]`` float32 standardised features; ``atom [N]`` int64 contiguous atom ids
+    ``0..A-1``; ``edge_index [2, E]`` int64 flow indices of intra-atom edges (both
+    directions). Nodes need not be sorted by atom.
+    """
+
+    x: np.ndarray
+    atom: np.ndarray
+    edge_index: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        self.atom = np.ascontiguousarray(self.atom, dtype=np.int64)
+        self.edge_index = np.ascontiguousarray(self.edge_index, dtype=np.int64).reshape(2, -1)
+        if self.x.ndim != 2 or self.atom.shape != (self.x.shape[0],):
+            raise ValueError(f"AtomGraph: x {self.x.shape} and atom {self.atom.shape} disagree")
+        if self.atom.size and (self.atom.min() < 0):
+            raise ValueError("AtomGraph: atom ids must be non-negative")
+        if self.edge_index.size and self.edge_index.max() >= self.x.shape[0]:
+            raise ValueError("AtomGraph: edge_index points past the last flow")
+        order = np.argsort(self.atom, kind="stable")
+        self._order = order
+        sorted_atoms = self.atom[order]
+        self.num_atoms = int(sorted_atoms[-1]) + 1 if sorted_atoms.size else 0
+        self._starts = np.searchsorted(sorted_atoms, np.arange(self.num_atoms + 1))
+        self._edge_atom = self.atom[self.edge_index[0]] if self.edge_index.size else np.zeros(0, np.int64)
+        edge_order = np.argsort(self._edge_atom, kind="stable")
+        self._edge_order = edge_order
+        self._edge_starts = np.searchsorted(self._edge_atom[edge_order], np.arange(self.num_atoms + 1))
+
+    @property
+    def num_flows(self) -> int:
+        return int(self.x.shape[0])
+
+    def atom_sizes(self) -> np.ndarray:
+        return np.diff(self._starts)
+
+    def subgraph(self, atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Flows of ``atoms``: ``(flow_indices [n], x [n, F], atom [n], edge_index [2, e])``.
+
+        ``edge_index`` is relabelled to positions within the returned flows.
+        """
+        atoms = np.asarray(atoms, dtype=np.int64)
+        flows = np.concatenate([self._order[self._starts[a]:self._starts[a + 1]] for a in atoms]) \
+            if atoms.size else np.zeros(0, np.int64)
+        edges = np.concatenate(
+            [self._edge_order[self._edge_starts[a]:self._edge_starts[a + 1]] for a in atoms]
+        ) if atoms.size and self.edge_index.size else np.zeros(0, np.int64)
+        position = np.full(self.num_flows, -1, dtype=np.int64) if edges.size else None
+        if edges.size:
+            position[flows] = np.arange(flows.size)
+            local_edges = position[self.edge_index[:, edges]]
+        else:
+            local_edges = np.zeros((2, 0), dtype=np.int64)
+        return flows, self.x[flows], self.atom[flows], local_edges
+
+
+def atom_batches(
+    sizes: np.ndarray, atoms_per_batch: int, max_batch_flows: int, rng: np.random.Generator | None
+) -> list[np.ndarray]:
+    """Group atom ids into batches of at most ``atoms_per_batch`` atoms and about
+    ``max_batch_flows`` flows (an atom above the cap forms its own batch).
+
+    ``sizes [A]`` flows per atom; ``rng`` shuffles the atom order (None keeps it).
+    """
+    order = np.arange(sizes.size) if rng is None else rng.permutation(sizes.size)
+    batches, current, flows = [], [], 0
+    for atom in order:
+        size = int(sizes[atom])
+        if current and (len(current) >= atoms_per_batch or flows + size > max_batch_flows):
+            batches.append(np.asarray(current, dtype=np.int64))
+            current, flows = [], 0
+        current.append(atom)
+        flows += size
+    if current:
+        batches.append(np.asarray(current, dtype=np.int64))
+    return batches
+
+
+# ---------------------------------------------------------------------------- losses
+def info_nce(p1: torch.Tensor, p2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent between two views ``[N, D]`` (row ``i`` of each is a positive pair)."""
+    n = p1.shape[0]
+    views = F.normalize(torch.cat([p1, p2], dim=0), dim=1)
+    logits = views @ views.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=logits.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(logits.device)
+    return F.cross_entropy(logits, targets)
+
+
+def centroid_cross_entropy(p: torch.Tensor, atom: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of each node against the centroids of the batch's atoms (own = target)."""
+    _, dense = torch.unique(atom, return_inverse=True)
+    num = int(dense.max().item()) + 1
+    normed = F.normalize(p, dim=1)
+    sums = normed.new_zeros((num, normed.shape[1])).index_add_(0, dense, normed)
+    centroids = F.normalize(sums, dim=1)
+    return F.cross_entropy(normed @ centroids.T / temperature, dense)
+
+
+def batch_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    edge_index: torch.Tensor,
+    atom: torch.Tensor,
+    config: A2GNNConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float, float]:
+    """Total loss of one batch and its (fine, coarse) parts as floats."""
+    edges_1, _ = dropout_edge(edge_index, p=config.edge_drop, force_undirected=True, training=True) if edge_index.numel() \
+        else (edge_index, None)
+    x_2, _ = mask_feature(x, p=config.feature_mask, mode="col")
+    _, p1 = model(x, edges_1, atom)
+    _, p2 = model(x_2, edge_index, atom)
+    n = x.shape[0]
+    if n > config.contrastive_sample:
+        pick = torch.randperm(n, generator=generator)[: config.contrastive_sample].to(x.device)
+        fine = info_nce(p1[pick], p2[pick], config.temperature)
+    else:
+        fine = info_nce(p1, p2, config.temperature)
+    coarse = centroid_cross_entropy(p1, atom, config.temperature)
+    return fine + config.coarse_weight * coarse, float(fine.detach()), float(coarse.detach())
+
+
+# ---------------------------------------------------------------------------- loops
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(in_dim: int, config: A2GNNConfig) -> A2GNN:
+    return A2GNN(in_dim, config.hidden, config.heads, config.out_dim, config.layers, config.dropout)
+
+
+def train_model(
+    graph: AtomGraph,
+    config: A2GNNConfig,
+    device: torch.device | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[A2GNN, dict]:
+    """Train A2GNN on ``graph``; return ``(model in eval mode on CPU, metrics)``.
+
+    With ``world_size > 1`` (an initialised process group) the model is wrapped in DDP
+    and each rank trains on its share of every epoch's batches. Metrics: per-epoch mean
+    loss, fine and coarse parts, seconds per epoch.
+    """
+    set_seeds(config.seed)
+    device = device or resolve_device(config.device)
+    model = build_model(graph.x.shape[1], config).to(device)
+    trained = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    sizes = graph.atom_sizes()
+    history = []
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        batches = atom_batches(sizes, config.atoms_per_batch, config.max_batch_flows, rng)
+        per_rank = len(batches) // world_size if world_size > 1 else len(batches)
+        mine = batches[rank::world_size][:per_rank] if world_size > 1 else batches
+        trained.train()
+        totals = np.zeros(3)
+        used = 0
+        for atoms in mine:
+            _, x, atom, edges = graph.subgraph(atoms)
+            if x.shape[0] < 2:  # BatchNorm and InfoNCE need two flows
+                continue
+            x_t = torch.from_numpy(x).to(device)
+            loss, fine, coarse = batch_loss(
+                trained, x_t, torch.from_numpy(edges).to(device),
+                torch.from_numpy(atom).to(device), config, generator,
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            totals += (float(loss.detach()), fine, coarse)
+            used += 1
+        seconds = time.perf_counter() - started
+        mean = totals / max(used, 1)
+        history.append({"epoch": epoch, "loss": mean[0], "fine": mean[1], "coarse": mean[2],
+                        "batches": used, "seconds": seconds})
+        log.info("A2GNN epoch %d: loss %.4f (fine %.4f coarse %.4f) %d batches %.1fs",
+                 epoch, mean[0], mean[1], mean[2], used, seconds)
+    model = model.to("cpu").eval()
+    metrics = {
+        "epochs": config.epochs,
+        "history": history,
+        "final_loss": history[-1]["loss"] if history else math.nan,
+        "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else 0.0,
+        "train_flows": graph.num_flows,
+        "train_atoms": graph.num_atoms,
+        "device": str(device),
+        "world_size": world_size,
+    }
+    return model, metrics
+
+
+@torch.no_grad()
+def embed(
+    model: A2GNN, graph: AtomGraph, config: A2GNNConfig, device: torch.device | None = None
+) -> np.ndarray:
+    """Eval-mode embeddings ``[N, out_dim]`` float32 in ``graph``'s flow order, by atom batches."""
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+    out = np.zeros((graph.num_flows, config.out_dim), dtype=np.float32)
+    for atoms in atom_batches(graph.atom_sizes(), config.atoms_per_batch * 8,
+                              config.max_batch_flows * 8, rng=None):
+        flows, x, atom, edges = graph.subgraph(atoms)
+        z, _ = model(torch.from_numpy(x).to(device), torch.from_numpy(edges).to(device),
+                     torch.from_numpy(atom).to(device))
+        out[flows] = z.cpu().numpy()
+    return out
+
+
+def atom_anchors(embeddings: np.ndarray, atom: np.ndarray) -> np.ndarray:
+    """Mean embedding per atom ``[A, D]`` (``atom`` contiguous ids ``0..A-1``)."""
+    num = int(atom.max()) + 1 if atom.size else 0
+    sums = np.zeros((num, embeddings.shape[1]), dtype=np.float64)
+    np.add.at(sums, atom, embeddings)
+    counts = np.bincount(atom, minlength=num).astype(np.float64)
+    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
+
+
+@torch.no_grad()
+def nearest_anchor(
+    embeddings: np.ndarray, anchors: np.ndarray, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(distance [N] float64, index [N] int64)`` of each embedding's nearest anchor.
+
+    Exact Euclidean distances, computed in chunks of ``chunk`` rows (memory
+    ``chunk x A``).
+    """
+    if anchors.shape[0] == 0:
+        raise ValueError("no anchors: the model was trained on zero atoms")
+    anchor_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
+    distance = np.empty(embeddings.shape[0], dtype=np.float64)
+    index = np.empty(embeddings.shape[0], dtype=np.int64)
+    for start in range(0, embeddings.shape[0], chunk):
+        block = torch.from_numpy(np.ascontiguousarray(embeddings[start:start + chunk], dtype=np.float32))
+        dist = torch.cdist(block, anchor_t, compute_mode="donot_use_mm_for_euclid_dist")
+        best, arg = dist.min(dim=1)
+        distance[start:start + chunk] = best.double().numpy()
+        index[start:start + chunk] = arg.numpy()
+    return distance, index
+
+
+def fit_detector(model: A2GNN, graph: AtomGraph, config: A2GNNConfig) -> dict:
+    """Anchors, training scores and the EVT threshold of a trained model.
+
+    Returns ``{"anchors" [A, D] float32, "train_scores" [N] float64, "threshold" float}``.
+    """
+    z = embed(model, graph, config)
+    anchors = atom_anchors(z, graph.atom)
+    scores, _ = nearest_anchor(z, anchors)
+    threshold = evt_threshold(scores, config.evt_quantile, config.evt_risk)
+    return {"anchors": anchors, "train_scores": scores, "threshold": threshold}
+
+
+# ------------------------------------------------------------- TorchDistributor entry
+def distributed_train(graph_path: str, config_dict: dict, out_path: str) -> dict:
+    """TorchDistributor ``train_fn``: train on the graph saved at ``graph_path``.
+
+    ``graph_path``: safetensors with ``x``, ``atom``, ``edge_index`` (see
+    :func:`save_graph`). Rank 0 writes ``weights.safetensors`` (state dict) and
+    ``anchors.safetensors`` (``anchors``, ``train_scores``) into ``out_path`` and
+    returns the training metrics with the EVT threshold.
+    """
+    from pipeline.distributed_training import distributed_context, init_process_group_if_needed
+
+    config = A2GNNConfig.from_dict(config_dict)
+    context = distributed_context(config.device)
+    distributed = init_process_group_if_needed(context)
+    torch.use_deterministic_algorithms(context.device == "cpu", warn_only=True)
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
+    graph = load_graph(graph_path)
+    model, metrics = train_model(graph, config, torch.device(context.device),
+                                 context.rank, context.world_size)
+    if context.is_main:
+        detector = fit_detector(model, graph, config)
+        save_trained(Path(out_path), model, detector)
+        metrics.update({
+            "threshold": detector["threshold"],
+            "num_anchors": int(detector["anchors"].shape[0]),
+            "train_score_quantiles": {
+                q: float(np.quantile(detector["train_scores"], float(q)))
+                for q in ("0.5", "0.9", "0.95", "0.99")
+            },
+        })
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics if context.is_main else {}
+
+
+def save_graph(path: Path, graph: AtomGraph) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"x": graph.x, "atom": graph.atom, "edge_index": graph.edge_index}, str(path))
+
+
+def load_graph(path: str | Path) -> AtomGraph:
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(path))
+    return AtomGraph(arrays["x"], arrays["atom"], arrays["edge_index"])
+
+
+WEIGHTS_FILE = "weights.safetensors"
+ANCHORS_FILE = "anchors.safetensors"
+
+
+def save_trained(out_dir: Path, model: A2GNN, detector: dict) -> None:
+    from safetensors.numpy import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()},
+              str(out_dir / WEIGHTS_FILE))
+    save_file({"anchors": detector["anchors"],
+               "train_scores": detector["train_scores"].astype(np.float64)},
+              str(out_dir / ANCHORS_FILE))
+
+
+def load_trained(artifact_dir: Path, in_dim: int, config: A2GNNConfig) -> tuple[A2GNN, np.ndarray]:
+    """The eval-mode model (CPU) and anchors ``[A, D]`` from an artifact; no code runs."""
+    from safetensors.numpy import load_file
+
+    model = build_model(in_dim, config)
+    state = {k: torch.from_numpy(v) for k, v in load_file(str(artifact_dir / WEIGHTS_FILE)).items()}
+    model.load_state_dict(state)
+    anchors = load_file(str(artifact_dir / ANCHORS_FILE))["anchors"]
+    return model.eval(), anchors

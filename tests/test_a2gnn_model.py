@@ -1,0 +1,181 @@
+"""A2GNN model and training maths: isolation, losses, anchors, no collapse, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.a2gnn import A2GNN, atom_mean, isolation_mask
+from models.a2gnn_training import (
+    A2GNNConfig,
+    AtomGraph,
+    atom_anchors,
+    atom_batches,
+    centroid_cross_entropy,
+    embed,
+    fit_detector,
+    info_nce,
+    nearest_anchor,
+    train_model,
+)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny graphs: one thread is fastest and results compare bit for bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+TINY = A2GNNConfig(hidden=16, heads=2, out_dim=8, epochs=4, atoms_per_batch=32, seed=7)
+
+
+def chain_graph(num_atoms: int = 60, num_features: int = 12, seed: int = 0) -> AtomGraph:
+    """Atoms of 1..8 flows, each a chain of edges, features clustered per atom."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 9, num_atoms)
+    atom = np.repeat(np.arange(num_atoms), sizes)
+    centres = rng.normal(size=(num_atoms, num_features))
+    x = centres[atom] + 0.5 * rng.normal(size=(atom.size, num_features))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pairs = [(s + i, s + i + 1) for s, n in zip(starts, sizes) for i in range(n - 1)]
+    src, dst = (np.array(p, dtype=np.int64) for p in zip(*pairs))
+    return AtomGraph(x.astype(np.float32), atom, np.stack([np.r_[src, dst], np.r_[dst, src]]))
+
+
+def test_isolation_mask_keeps_only_edges_inside_one_atom():
+    edges = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    atoms = torch.tensor([0, 0, 1, 1])
+
+    assert isolation_mask(edges, atoms).tolist() == [True, False, True, False]
+
+
+def test_atom_mean_averages_within_each_atom_only():
+    values = torch.tensor([[1.0], [3.0], [10.0]])
+
+    assert atom_mean(values, torch.tensor([5, 5, 2])).flatten().tolist() == [2.0, 2.0, 10.0]
+
+
+def test_changing_a_flow_in_one_atom_leaves_every_embedding_of_another_atom_bit_identical():
+    torch.manual_seed(0)
+    model = A2GNN(in_dim=6, hidden=8, heads=2, out_dim=4).eval()
+    x = torch.randn(7, 6)
+    atoms = torch.tensor([0, 0, 0, 1, 1, 1, 1])  # A = flows 0-2, B = flows 3-6
+    # intra-atom edges plus edges crossing from A to B, which the mask must drop
+    edges = torch.tensor([[0, 1, 3, 4, 5, 0, 2, 1], [1, 2, 4, 5, 6, 3, 6, 5]])
+    with torch.no_grad():
+        before, _ = model(x, edges, atoms)
+        changed = x.clone()
+        changed[1] = torch.randn(6) * 100.0
+        after, _ = model(changed, edges, atoms)
+
+    assert torch.equal(before[3:], after[3:])
+    assert not torch.allclose(before[:3], after[:3])
+
+
+def test_atom_batches_respect_the_atom_and_flow_caps_and_cover_every_atom_once():
+    sizes = np.array([3, 50, 2, 2, 9, 1, 1])
+
+    batches = atom_batches(sizes, atoms_per_batch=3, max_batch_flows=10, rng=None)
+
+    assert sorted(np.concatenate(batches).tolist()) == list(range(sizes.size))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert sizes[batch].sum() <= 10 or len(batch) == 1
+
+
+def test_info_nce_prefers_aligned_views_over_shuffled_ones():
+    torch.manual_seed(0)
+    p = torch.randn(32, 8)
+
+    aligned = info_nce(p, p + 0.01 * torch.randn(32, 8), temperature=0.5)
+    shuffled = info_nce(p, p[torch.randperm(32)], temperature=0.5)
+
+    assert aligned < shuffled
+
+
+def test_centroid_cross_entropy_is_lower_when_nodes_sit_at_their_own_centroid():
+    atoms = torch.tensor([0, 0, 1, 1])
+    tight = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+
+    assert centroid_cross_entropy(tight, atoms, 0.5) < centroid_cross_entropy(mixed, atoms, 0.5)
+
+
+def test_nearest_anchor_matches_a_brute_force_search():
+    rng = np.random.default_rng(0)
+    z, anchors = rng.normal(size=(500, 8)), rng.normal(size=(40, 8))
+
+    distance, index = nearest_anchor(z, anchors, chunk=64)
+
+    brute = np.linalg.norm(z[:, None, :] - anchors[None, :, :], axis=2)
+    np.testing.assert_array_equal(index, brute.argmin(axis=1))
+    np.testing.assert_allclose(distance, brute.min(axis=1), rtol=1e-5)
+
+
+def test_anchors_are_the_mean_embedding_of_each_atom():
+    z = np.array([[0.0, 0.0], [2.0, 2.0], [5.0, 1.0]], dtype=np.float32)
+
+    np.testing.assert_allclose(atom_anchors(z, np.array([0, 0, 1])), [[1.0, 1.0], [5.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    graph = chain_graph()
+    model, _ = train_model(graph, TINY, torch.device("cpu"))
+    return graph, model
+
+
+def test_embedding_by_atom_batches_equals_embedding_the_whole_graph_at_once(trained):
+    graph, model = trained
+
+    batched = embed(model, graph, TINY)
+    with torch.no_grad():
+        whole, _ = model(torch.from_numpy(graph.x), torch.from_numpy(graph.edge_index),
+                         torch.from_numpy(graph.atom))
+
+    np.testing.assert_allclose(batched, whole.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_lowers_the_loss_and_members_of_an_atom_do_not_collapse_to_one_point():
+    graph = chain_graph()
+    config = A2GNNConfig(hidden=16, heads=2, out_dim=8, epochs=8, atoms_per_batch=32, seed=7)
+
+    model, metrics = train_model(graph, config, torch.device("cpu"))
+    z = embed(model, graph, config)
+
+    assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
+    overall = np.linalg.norm(z - z.mean(axis=0), axis=1).mean()
+    for atom in np.flatnonzero(graph.atom_sizes() >= 4):
+        members = z[graph.atom == atom]
+        spread = np.linalg.norm(members - members.mean(axis=0), axis=1).mean()
+        assert spread > 0.01 * overall, f"atom {atom} collapsed (spread {spread:.2e})"
+
+
+def test_training_twice_with_the_same_seed_gives_identical_scores_on_cpu():
+    graph = chain_graph(num_atoms=30)
+    config = A2GNNConfig(hidden=16, heads=2, out_dim=8, epochs=2, atoms_per_batch=16, seed=3)
+
+    first = fit_detector(train_model(graph, config, torch.device("cpu"))[0], graph, config)
+    second = fit_detector(train_model(graph, config, torch.device("cpu"))[0], graph, config)
+
+    np.testing.assert_array_equal(first["train_scores"], second["train_scores"])
+    assert first["threshold"] == second["threshold"]
+
+
+def test_an_outlying_flow_scores_above_the_training_threshold(trained):
+    graph, model = trained
+    detector = fit_detector(model, graph, TINY)
+    outlier = AtomGraph(np.full((1, graph.x.shape[1]), 25.0, np.float32), np.zeros(1), np.zeros((2, 0)))
+
+    score, _ = nearest_anchor(embed(model, outlier, TINY), detector["anchors"])
+
+    assert score[0] > detector["threshold"]
+
+
+def test_atom_graph_rejects_edges_pointing_past_the_last_flow():
+    with pytest.raises(ValueError, match="edge_index"):
+        AtomGraph(np.zeros((2, 3), np.float32), np.array([0, 0]), np.array([[0], [5]]))
