@@ -1,0 +1,598 @@
+"""Flow assembly: decoded packets -> mergeable partial flows -> rows of ``schema.FLOWS``.
+
+Three steps, each usable alone:
+
+1. ``FlowAssembler`` (per file, streaming): a numba kernel walks packets in file order
+   and keeps one open flow per canonical key (5-tuple + VLAN) in fixed-width state
+   arrays. A flow ends on the idle timeout (next packet of the key, or a periodic scan),
+   the active timeout, or after TCP RST / FIN in both directions once a new SYN arrives
+   (trailing ACKs and retransmitted RSTs stay in the closed flow). Flows still open at
+   the end of the file are emitted with reason ``end_of_capture`` and can be merged with
+   the next file's flow of the same key. State is aggregates only (counts, Welford
+   means/M2, min/max, first/last times, first N sizes), never packets.
+2. ``merge_partials`` (per key, across the files of a night): joins a flow left open at
+   a file's end with the key's next flow when it starts within the idle timeout and the
+   merged flow would not exceed the active timeout.
+3. ``finalize`` (vectorised): partial aggregates -> NFStream-named columns, IP strings,
+   ``flow_id`` and Community ID v1.
+
+Times inside are microseconds (int64); sizes are IP bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+from numba import njit, types
+from numba.typed import Dict
+
+from pipeline import schema
+from pipeline.capture import decode as D
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Flow assembly and reader settings (defaults from METHODS.md "Shared input").
+
+    idle_timeout_s: a key silent this long ends its flow (s).
+    active_timeout_s: a flow this long is cut and a new one starts (s).
+    splt_length: first packet sizes kept per flow (``splt_signed_ps``).
+    chunk_bytes: bytes read per I/O call (bounds memory with the largest record).
+    batch_rows: packets decoded per kernel call.
+    max_open_fragments: IP fragment keys remembered to give later fragments their ports.
+    """
+
+    idle_timeout_s: float = 120.0
+    active_timeout_s: float = 1800.0
+    splt_length: int = schema.SPLT_LENGTH
+    chunk_bytes: int = 4 << 20
+    batch_rows: int = 1 << 16
+    max_open_fragments: int = 1 << 16
+
+
+# ------------------------------------------------------------------ state layout
+DIRS = ("bidirectional", "src2dst", "dst2src")
+KEY_I = ("s0", "s1", "d0", "d1", "sport", "dport", "proto", "vlan", "ipver")
+_DIR_I = ("first_us", "last_us", "packets", "bytes", "min_ps", "max_ps") + tuple(
+    f"{flag}_packets" for flag in schema.TCP_FLAGS)
+I_COLS = KEY_I + tuple(f"{d}_{c}" for d in DIRS for c in _DIR_I) + (
+    "fragments", "end_state", "icmp_type", "icmp_code", "reason", "splt_len")
+_DIR_F = ("ps_mean", "ps_m2", "piat_mean", "piat_m2", "piat_min", "piat_max")
+F_COLS = tuple(f"{d}_{c}" for d in DIRS for c in _DIR_F)
+NI, NF = len(I_COLS), len(F_COLS)
+_IDX = {name: i for i, name in enumerate(I_COLS)}
+_FDX = {name: i for i, name in enumerate(F_COLS)}
+I_DIR_BASE = _IDX["bidirectional_first_us"]
+I_DIR_WIDTH = len(_DIR_I)
+F_DIR_WIDTH = len(_DIR_F)
+I_FRAGS, I_END, I_ICMPT, I_ICMPC, I_REASON, I_SPLT = (_IDX[c] for c in (
+    "fragments", "end_state", "icmp_type", "icmp_code", "reason", "splt_len"))
+# offsets inside one direction's block
+O_FIRST, O_LAST, O_PKTS, O_BYTES, O_MIN, O_MAX, O_FLAGS = range(7)
+F_PSM, F_PSM2, F_PIM, F_PIM2, F_PIMIN, F_PIMAX = range(6)
+
+REASONS = ("idle", "active", "fin", "rst", "end_of_capture")
+R_IDLE, R_ACTIVE, R_FIN, R_RST, R_EOC = range(5)
+END_FIN_SRC, END_FIN_DST, END_RST = 1, 2, 4
+_FLAG_BITS = np.array([0x02, 0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x01], dtype=np.int64)
+"""TCP header bits in ``schema.TCP_FLAGS`` order (syn, cwr, ece, urg, ack, psh, rst, fin)."""
+
+KEY_TYPE = types.UniTuple(types.int64, 8)
+FRAG_KEY_TYPE = types.UniTuple(types.int64, 6)
+
+
+# ------------------------------------------------------------------ numba kernels
+@njit(cache=True)
+def _canonical_key(s0, s1, d0, d1, sp, dp, proto, vlan):
+    if (s0, s1, sp) <= (d0, d1, dp):
+        return (s0, s1, d0, d1, sp, dp, proto, vlan)
+    return (d0, d1, s0, s1, dp, sp, proto, vlan)
+
+
+@njit(cache=True)
+def _emit(slot, reason, I, F, S, OI, OF, OS, n_out, table, free, n_free):
+    I[slot, I_REASON] = reason
+    OI[n_out] = I[slot]
+    OF[n_out] = F[slot]
+    OS[n_out] = S[slot]
+    key = _canonical_key(I[slot, 0], I[slot, 1], I[slot, 2], I[slot, 3], I[slot, 4],
+                         I[slot, 5], I[slot, 6], I[slot, 7])
+    table.pop(key)
+    free[n_free] = slot
+    return n_out + 1, n_free + 1
+
+
+@njit(cache=True)
+def _update_dir(I, F, S, slot, d, ts, size, flags, flag_bits):
+    ib = I_DIR_BASE + d * I_DIR_WIDTH
+    fb = d * F_DIR_WIDTH
+    n = I[slot, ib + O_PKTS]
+    if n == 0:
+        I[slot, ib + O_FIRST] = ts
+        I[slot, ib + O_MIN] = size
+        I[slot, ib + O_MAX] = size
+        F[slot, fb + F_PIMIN] = 0.0
+        F[slot, fb + F_PIMAX] = 0.0
+    else:
+        piat = float(ts - I[slot, ib + O_LAST])
+        k = n  # piats so far + 1
+        if k == 1:
+            F[slot, fb + F_PIMIN] = piat
+            F[slot, fb + F_PIMAX] = piat
+        else:
+            if piat < F[slot, fb + F_PIMIN]:
+                F[slot, fb + F_PIMIN] = piat
+            if piat > F[slot, fb + F_PIMAX]:
+                F[slot, fb + F_PIMAX] = piat
+        delta = piat - F[slot, fb + F_PIM]
+        F[slot, fb + F_PIM] += delta / k
+        F[slot, fb + F_PIM2] += delta * (piat - F[slot, fb + F_PIM])
+        if size < I[slot, ib + O_MIN]:
+            I[slot, ib + O_MIN] = size
+        if size > I[slot, ib + O_MAX]:
+            I[slot, ib + O_MAX] = size
+    n += 1
+    I[slot, ib + O_PKTS] = n
+    I[slot, ib + O_LAST] = ts
+    I[slot, ib + O_BYTES] += size
+    x = float(size)
+    delta = x - F[slot, fb + F_PSM]
+    F[slot, fb + F_PSM] += delta / n
+    F[slot, fb + F_PSM2] += delta * (x - F[slot, fb + F_PSM])
+    if flags:
+        for f in range(8):
+            if flags & flag_bits[f]:
+                I[slot, ib + O_FLAGS + f] += 1
+
+
+@njit(cache=True)
+def assemble(P, n, idle_us, active_us, splt_len, table, frags, max_frags,
+             I, F, S, free, n_free, OI, OF, OS, flag_bits):
+    """Feed packets ``P[:n]`` (file order) into the open-flow ``table``.
+
+    ``table`` maps canonical key -> state slot (rows of I/F/S); ``free[:n_free]`` are
+    unused slots (the caller guarantees ``n_free >= n``). Ended flows are copied to
+    ``OI/OF/OS`` (at most one per packet). ``frags`` maps (src, dst, proto, ip id) of a
+    first fragment to its ports. Returns ``(n_out, n_free)``.
+    """
+    n_out = 0
+    for i in range(n):
+        if P[i, D.STATUS] != D.OK:
+            continue
+        ts = P[i, D.TS]
+        s0 = P[i, D.S0]
+        s1 = P[i, D.S1]
+        d0 = P[i, D.D0]
+        d1 = P[i, D.D1]
+        sp = P[i, D.SPORT]
+        dp = P[i, D.DPORT]
+        proto = P[i, D.PROTO]
+        vlan = P[i, D.VLAN]
+        frag = P[i, D.FRAG]
+        if frag != D.NOT_FRAGMENT:
+            fkey = (s0, s1, d0, d1, proto, P[i, D.IPID])
+            if frag == D.FIRST_FRAGMENT:
+                if len(frags) >= max_frags:
+                    frags.clear()
+                frags[fkey] = (sp << 16) | dp
+            else:
+                if fkey in frags:
+                    ports = frags[fkey]
+                    sp = ports >> 16
+                    dp = ports & 0xFFFF
+        flags = P[i, D.FLAGS]
+        key = _canonical_key(s0, s1, d0, d1, sp, dp, proto, vlan)
+        slot = table[key] if key in table else np.int64(-1)
+        if slot >= 0:
+            if ts - I[slot, I_DIR_BASE + O_LAST] >= idle_us:
+                n_out, n_free = _emit(slot, R_IDLE, I, F, S, OI, OF, OS, n_out, table, free,
+                                      n_free)
+                slot = -1
+            elif ts - I[slot, I_DIR_BASE + O_FIRST] >= active_us:
+                n_out, n_free = _emit(slot, R_ACTIVE, I, F, S, OI, OF, OS, n_out, table, free,
+                                      n_free)
+                slot = -1
+            else:
+                end = I[slot, I_END]
+                closed = (end & END_RST) or (end & 3) == 3
+                if closed and proto == 6 and (flags & 0x12) == 0x02:
+                    reason = R_RST if end & END_RST else R_FIN
+                    n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, table,
+                                          free, n_free)
+                    slot = -1
+        if slot < 0:
+            n_free -= 1
+            slot = free[n_free]
+            I[slot, :] = 0
+            F[slot, :] = 0.0
+            I[slot, 0] = s0
+            I[slot, 1] = s1
+            I[slot, 2] = d0
+            I[slot, 3] = d1
+            I[slot, 4] = sp
+            I[slot, 5] = dp
+            I[slot, 6] = proto
+            I[slot, 7] = vlan
+            I[slot, 8] = P[i, D.IPVER]
+            I[slot, I_ICMPT] = P[i, D.ICMPTYPE]
+            I[slot, I_ICMPC] = P[i, D.ICMPCODE]
+            table[key] = slot
+        forward = s0 == I[slot, 0] and s1 == I[slot, 1] and sp == I[slot, 4]
+        if not forward and s0 == d0 and s1 == d1 and sp == dp:
+            forward = True
+        size = P[i, D.IPLEN]
+        _update_dir(I, F, S, slot, 0, ts, size, flags, flag_bits)
+        _update_dir(I, F, S, slot, 1 if forward else 2, ts, size, flags, flag_bits)
+        if frag != D.NOT_FRAGMENT:
+            I[slot, I_FRAGS] += 1
+        k = I[slot, I_SPLT]
+        if k < splt_len:
+            S[slot, k] = size if forward else -size
+            I[slot, I_SPLT] = k + 1
+        if proto == 6:
+            if flags & 0x04:
+                I[slot, I_END] |= END_RST
+            if flags & 0x01:
+                I[slot, I_END] |= END_FIN_SRC if forward else END_FIN_DST
+    return n_out, n_free
+
+
+@njit(cache=True)
+def expire(now_us, idle_us, everything, table, I, F, S, free, n_free, OI, OF, OS):
+    """Emit flows idle since ``now_us - idle_us`` (or all, reason end_of_capture)."""
+    slots = np.empty(len(table), dtype=np.int64)
+    m = 0
+    for key, slot in table.items():
+        if everything or now_us - I[slot, I_DIR_BASE + O_LAST] >= idle_us:
+            slots[m] = slot
+            m += 1
+    n_out = 0
+    for j in range(m):
+        slot = slots[j]
+        end = I[slot, I_END]
+        if everything:
+            reason = R_EOC
+        elif end & END_RST:
+            reason = R_RST
+        elif (end & 3) == 3:
+            reason = R_FIN
+        else:
+            reason = R_IDLE
+        n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, table, free, n_free)
+    return n_out, n_free
+
+
+# ------------------------------------------------------------------ per-file driver
+class FlowAssembler:
+    """Streaming flow state for one capture file; memory grows with open flows only."""
+
+    def __init__(self, config: FlowConfig = FlowConfig()):
+        self.config = config
+        self.idle_us = int(config.idle_timeout_s * 1e6)
+        self.active_us = int(config.active_timeout_s * 1e6)
+        self.table = Dict.empty(key_type=KEY_TYPE, value_type=types.int64)
+        self.frags = Dict.empty(key_type=FRAG_KEY_TYPE, value_type=types.int64)
+        self._alloc(1024)
+        self.last_scan_us = None
+        self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def _alloc(self, capacity: int) -> None:
+        self.I = np.zeros((capacity, NI), dtype=np.int64)
+        self.F = np.zeros((capacity, NF), dtype=np.float64)
+        self.S = np.zeros((capacity, self.config.splt_length), dtype=np.int32)
+        self.free = np.arange(capacity - 1, -1, -1, dtype=np.int64)
+        self.n_free = capacity
+
+    def _grow(self, needed: int) -> None:
+        old = self.I.shape[0]
+        new = max(old * 2, old + needed)
+        self.I = np.concatenate([self.I, np.zeros((new - old, NI), np.int64)])
+        self.F = np.concatenate([self.F, np.zeros((new - old, NF), np.float64)])
+        self.S = np.concatenate([self.S, np.zeros((new - old, self.S.shape[1]), np.int32)])
+        free = np.empty(new, dtype=np.int64)
+        free[: self.n_free] = self.free[: self.n_free]
+        added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
+        free[self.n_free: self.n_free + len(added)] = added
+        self.free = free
+        self.n_free += len(added)
+
+    def _out_buffers(self, rows: int):
+        return (np.empty((rows, NI), np.int64), np.empty((rows, NF), np.float64),
+                np.empty((rows, self.S.shape[1]), np.int32))
+
+    def add(self, P: np.ndarray) -> None:
+        """Feed one packet matrix (``decode`` layout)."""
+        n = len(P)
+        if n == 0:
+            return
+        if self.n_free < n:
+            self._grow(n - self.n_free)
+        OI, OF, OS = self._out_buffers(n)
+        n_out, self.n_free = assemble(
+            P, n, self.idle_us, self.active_us, self.config.splt_length, self.table,
+            self.frags, self.config.max_open_fragments, self.I, self.F, self.S, self.free,
+            self.n_free, OI, OF, OS, _FLAG_BITS)
+        if n_out:
+            self.out.append((OI[:n_out], OF[:n_out], OS[:n_out]))
+        now = int(P[-1, D.TS])
+        if self.last_scan_us is None or now - self.last_scan_us >= self.idle_us // 4:
+            self._expire(now, everything=False)
+            self.last_scan_us = now
+
+    def _expire(self, now: int, everything: bool) -> None:
+        if len(self.table) == 0:
+            return
+        OI, OF, OS = self._out_buffers(len(self.table))
+        n_out, self.n_free = expire(now, self.idle_us, everything, self.table, self.I,
+                                    self.F, self.S, self.free, self.n_free, OI, OF, OS)
+        if n_out:
+            self.out.append((OI[:n_out], OF[:n_out], OS[:n_out]))
+
+    def finish(self) -> None:
+        """Emit every open flow with reason ``end_of_capture``."""
+        self._expire(0, everything=True)
+
+    def take(self, capture_file: str) -> pa.Table:
+        """The flows emitted so far as a partial-flow Arrow table (and forget them)."""
+        if not self.out:
+            return partial_table(np.zeros((0, NI), np.int64), np.zeros((0, NF)),
+                                 np.zeros((0, self.S.shape[1]), np.int32), capture_file)
+        OI = np.concatenate([o[0] for o in self.out])
+        OF = np.concatenate([o[1] for o in self.out])
+        OS = np.concatenate([o[2] for o in self.out])
+        self.out = []
+        return partial_table(OI, OF, OS, capture_file)
+
+    @property
+    def open_flows(self) -> int:
+        return len(self.table)
+
+
+# ------------------------------------------------------------------ partial flow table
+PARTIAL_SCHEMA = pa.schema(
+    [pa.field(c, pa.int64()) for c in I_COLS]
+    + [pa.field(c, pa.float64()) for c in F_COLS]
+    + [pa.field("splt", pa.list_(pa.int32())), pa.field("capture_file", pa.string())]
+)
+"""Mergeable per-file flow aggregates (internal between the stages of this module)."""
+
+
+def partial_table(OI: np.ndarray, OF: np.ndarray, OS: np.ndarray, capture_file: str) -> pa.Table:
+    """``[flows, NI]`` ints, ``[flows, NF]`` floats, ``[flows, N]`` sizes -> Arrow."""
+    n = len(OI)
+    lengths = OI[:, I_SPLT]
+    width = OS.shape[1]
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    values = pa.array(OS[mask].astype(np.int32), type=pa.int32())
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    splt = pa.ListArray.from_arrays(offsets, values)
+    columns = [pa.array(OI[:, j]) for j in range(NI)] + [pa.array(OF[:, j]) for j in range(NF)]
+    columns += [splt, pa.array([capture_file] * n, type=pa.string())]
+    return pa.Table.from_arrays(columns, schema=PARTIAL_SCHEMA)
+
+
+# ------------------------------------------------------------------ cross-file merge
+def _dir_cols(d: str) -> list[str]:
+    return [f"{d}_{c}" for c in _DIR_I] + [f"{d}_{c}" for c in _DIR_F]
+
+
+def _merge_dir(a: dict, b: dict, da: str, db: str) -> None:
+    """Merge direction ``db`` of ``b`` into direction ``da`` of ``a`` (in place)."""
+    na, nb = a[f"{da}_packets"], b[f"{db}_packets"]
+    if nb == 0:
+        return
+    if na == 0:
+        for c in _DIR_I + _DIR_F:
+            a[f"{da}_{c}"] = b[f"{db}_{c}"]
+        return
+    # packet sizes: Chan's parallel Welford
+    n = na + nb
+    delta = b[f"{db}_ps_mean"] - a[f"{da}_ps_mean"]
+    a[f"{da}_ps_m2"] = a[f"{da}_ps_m2"] + b[f"{db}_ps_m2"] + delta * delta * na * nb / n
+    a[f"{da}_ps_mean"] = a[f"{da}_ps_mean"] + delta * nb / n
+    # inter-arrival: a's (na - 1) piats + the gap + b's (nb - 1) piats
+    gap = float(b[f"{db}_first_us"] - a[f"{da}_last_us"])
+    ka, kb = na - 1, nb - 1
+    stats = [(ka, a[f"{da}_piat_mean"], a[f"{da}_piat_m2"]), (1, gap, 0.0),
+             (kb, b[f"{db}_piat_mean"], b[f"{db}_piat_m2"])]
+    k, mean, m2 = 0, 0.0, 0.0
+    for kx, mx, m2x in stats:
+        if kx == 0:
+            continue
+        tot = k + kx
+        dlt = mx - mean
+        m2 = m2 + m2x + dlt * dlt * k * kx / tot
+        mean = mean + dlt * kx / tot
+        k = tot
+    a[f"{da}_piat_mean"], a[f"{da}_piat_m2"] = mean, m2
+    mins = [gap] + ([a[f"{da}_piat_min"]] if ka else []) + ([b[f"{db}_piat_min"]] if kb else [])
+    maxs = [gap] + ([a[f"{da}_piat_max"]] if ka else []) + ([b[f"{db}_piat_max"]] if kb else [])
+    a[f"{da}_piat_min"], a[f"{da}_piat_max"] = min(mins), max(maxs)
+    a[f"{da}_last_us"] = b[f"{db}_last_us"]
+    a[f"{da}_packets"] = n
+    a[f"{da}_bytes"] += b[f"{db}_bytes"]
+    a[f"{da}_min_ps"] = min(a[f"{da}_min_ps"], b[f"{db}_min_ps"])
+    a[f"{da}_max_ps"] = max(a[f"{da}_max_ps"], b[f"{db}_max_ps"])
+    for flag in schema.TCP_FLAGS:
+        a[f"{da}_{flag}_packets"] += b[f"{db}_{flag}_packets"]
+
+
+def merge_two(a: dict, b: dict, splt_length: int) -> dict:
+    """Flow ``a`` (left open at its file's end) continued by flow ``b`` of the same key."""
+    a = dict(a)
+    same = (b["s0"], b["s1"], b["sport"]) == (a["s0"], a["s1"], a["sport"])
+    _merge_dir(a, b, "bidirectional", "bidirectional")
+    _merge_dir(a, b, "src2dst", "src2dst" if same else "dst2src")
+    _merge_dir(a, b, "dst2src", "dst2src" if same else "src2dst")
+    a["fragments"] += b["fragments"]
+    a["end_state"] = b["end_state"] if same else (
+        (b["end_state"] & END_RST) | ((b["end_state"] & 1) << 1) | ((b["end_state"] & 2) >> 1))
+    a["reason"] = b["reason"]
+    sizes = list(a["splt"]) + [s if same else -s for s in b["splt"]]
+    a["splt"] = sizes[:splt_length]
+    a["splt_len"] = len(a["splt"])
+    return a
+
+
+def merge_rows(rows: list[dict], config: FlowConfig) -> list[dict]:
+    """Merge one key's partial flows (any order) across file boundaries.
+
+    A flow whose reason is ``end_of_capture`` absorbs the key's next flow when that one
+    starts less than the idle timeout after it and the merged flow stays shorter than
+    the active timeout; otherwise it ends with reason ``idle`` / ``active``, except the
+    last one, which keeps ``end_of_capture``.
+    """
+    idle_us = int(config.idle_timeout_s * 1e6)
+    active_us = int(config.active_timeout_s * 1e6)
+    rows = sorted(rows, key=lambda r: (r["bidirectional_first_us"], r["capture_file"]))
+    merged: list[dict] = []
+    for row in rows:
+        if merged and merged[-1]["reason"] == R_EOC:
+            prev = merged[-1]
+            gap = row["bidirectional_first_us"] - prev["bidirectional_last_us"]
+            span = row["bidirectional_last_us"] - prev["bidirectional_first_us"]
+            if gap < idle_us and span < active_us:
+                merged[-1] = merge_two(prev, row, config.splt_length)
+                continue
+            prev["reason"] = R_IDLE if gap >= idle_us else R_ACTIVE
+        merged.append(dict(row))
+    return merged
+
+
+KEY_COLUMNS = ["ipver", "proto", "vlan"]
+
+
+def canonical_key_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """Canonical (lower endpoint first) key columns of a partial-flow table."""
+    cols = {c: table.column(c).to_numpy() for c in ("s0", "s1", "d0", "d1", "sport", "dport")}
+    s = np.stack([cols["s0"], cols["s1"], cols["sport"]])
+    d = np.stack([cols["d0"], cols["d1"], cols["dport"]])
+    # lexicographic (hi, lo, port) comparison, signed like the kernel's tuples
+    less = (s[0] < d[0]) | ((s[0] == d[0]) & ((s[1] < d[1]) | ((s[1] == d[1]) & (s[2] <= d[2]))))
+    lo = np.where(less, s, d)
+    hi = np.where(less, d, s)
+    return {"k_a0": lo[0], "k_a1": lo[1], "k_ap": lo[2], "k_b0": hi[0], "k_b1": hi[1],
+            "k_bp": hi[2]}
+
+
+def merge_partial_table(table: pa.Table, config: FlowConfig = FlowConfig()) -> pa.Table:
+    """Merge a night's partial flows (Arrow, any order) into whole flows (single process)."""
+    if table.num_rows == 0:
+        return table
+    keys = canonical_key_columns(table)
+    frame = table.to_pandas()
+    for k, v in keys.items():
+        frame[k] = v
+    group_cols = list(keys) + ["proto", "vlan"]
+    multi = frame.duplicated(group_cols, keep=False)
+    single = frame.loc[~multi, list(table.column_names)]
+    out_rows: list[dict] = []
+    for _, group in frame.loc[multi].groupby(group_cols, sort=False):
+        out_rows.extend(merge_rows(group[list(table.column_names)].to_dict("records"), config))
+    import pandas as pd
+
+    result = pd.concat([single, pd.DataFrame(out_rows, columns=table.column_names)],
+                       ignore_index=True) if out_rows else single
+    result["splt"] = [list(map(int, s)) for s in result["splt"]]
+    return pa.Table.from_pandas(result, schema=PARTIAL_SCHEMA, preserve_index=False)
+
+
+# ------------------------------------------------------------------ finalisation
+@lru_cache(maxsize=1 << 16)
+def _ip_text(version: int, hi: int, lo: int) -> str:
+    if version == 6:
+        return ipaddress.IPv6Address(((hi & 0xFFFFFFFFFFFFFFFF) << 64)
+                                     | (lo & 0xFFFFFFFFFFFFFFFF)).compressed
+    return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+
+
+_COMMUNITY = None
+
+
+@lru_cache(maxsize=1 << 16)
+def community_id(src: str, dst: str, proto: int, sport: int, dport: int, icmp_type: int,
+                 icmp_code: int) -> str | None:
+    """Community ID v1 (seed 0, base64) of one flow; ICMP uses type/code as ports."""
+    global _COMMUNITY
+    import communityid
+
+    if _COMMUNITY is None:
+        _COMMUNITY = communityid.CommunityID(seed=0)
+    try:
+        if proto in (1, 58):
+            tpl = communityid.FlowTuple(proto, src, dst, icmp_type, icmp_code)
+        elif proto in (6, 17, 132):
+            tpl = communityid.FlowTuple(proto, src, dst, sport, dport)
+        else:
+            tpl = communityid.FlowTuple(proto, src, dst)
+        return _COMMUNITY.calc(tpl)
+    except Exception:  # the library rejects some exotic tuples; the column is nullable
+        return None
+
+
+def flow_id(src: str, sport: int, dst: str, dport: int, proto: int, vlan: int,
+            first_us: int) -> str:
+    """16 hex digits: hash of the canonical 5-tuple, VLAN and first packet time (µs)."""
+    a, b = sorted([(src, sport), (dst, dport)])
+    text = f"{a[0]}|{a[1]}|{b[0]}|{b[1]}|{proto}|{vlan}|{first_us}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def finalize(table: pa.Table) -> pa.Table:
+    """Partial-flow Arrow table -> ``schema.FLOWS`` Arrow table (vectorised stats)."""
+    n = table.num_rows
+    col = {c: table.column(c).to_numpy(zero_copy_only=False) for c in I_COLS + F_COLS}
+    out: dict[str, object] = {}
+    ipver = col["ipver"]
+    src = [_ip_text(int(v), int(h), int(l)) for v, h, l in zip(ipver, col["s0"], col["s1"])]
+    dst = [_ip_text(int(v), int(h), int(l)) for v, h, l in zip(ipver, col["d0"], col["d1"])]
+    proto, sport, dport, vlan = col["proto"], col["sport"], col["dport"], col["vlan"]
+    first_us = col["bidirectional_first_us"]
+    out["flow_id"] = [flow_id(src[i], int(sport[i]), dst[i], int(dport[i]), int(proto[i]),
+                              int(vlan[i]), int(first_us[i])) for i in range(n)]
+    out["community_id"] = [community_id(src[i], dst[i], int(proto[i]), int(sport[i]),
+                                        int(dport[i]), int(col["icmp_type"][i]),
+                                        int(col["icmp_code"][i])) for i in range(n)]
+    out["ip_version"] = ipver
+    out["src_ip"], out["dst_ip"] = src, dst
+    out["src_port"], out["dst_port"], out["protocol"] = sport, dport, proto
+    out["vlan_id"] = pa.array(vlan, mask=vlan < 0, type=pa.int32())
+    out["first_seen_ms"] = first_us // 1000
+    out["last_seen_ms"] = col["bidirectional_last_us"] // 1000
+    for d in DIRS:
+        pk = col[f"{d}_packets"]
+        has = pk > 0
+        out[f"{d}_first_seen_ms"] = np.where(has, col[f"{d}_first_us"] // 1000, 0)
+        out[f"{d}_last_seen_ms"] = np.where(has, col[f"{d}_last_us"] // 1000, 0)
+        out[f"{d}_duration_ms"] = (col[f"{d}_last_us"] - col[f"{d}_first_us"]) / 1000.0
+        out[f"{d}_packets"] = pk
+        out[f"{d}_bytes"] = col[f"{d}_bytes"]
+        out[f"{d}_min_ps"] = col[f"{d}_min_ps"].astype(np.float64)
+        out[f"{d}_mean_ps"] = np.where(has, col[f"{d}_ps_mean"], 0.0)
+        out[f"{d}_stddev_ps"] = np.sqrt(np.where(pk > 1, col[f"{d}_ps_m2"] / np.maximum(pk - 1, 1),
+                                                 0.0).clip(0))
+        out[f"{d}_max_ps"] = col[f"{d}_max_ps"].astype(np.float64)
+        k = pk - 1
+        out[f"{d}_min_piat_ms"] = np.where(k > 0, col[f"{d}_piat_min"], 0.0) / 1000.0
+        out[f"{d}_mean_piat_ms"] = np.where(k > 0, col[f"{d}_piat_mean"], 0.0) / 1000.0
+        out[f"{d}_stddev_piat_ms"] = np.sqrt(np.where(k > 1, col[f"{d}_piat_m2"] / np.maximum(
+            k - 1, 1), 0.0).clip(0)) / 1000.0
+        out[f"{d}_max_piat_ms"] = np.where(k > 0, col[f"{d}_piat_max"], 0.0) / 1000.0
+        for flag in schema.TCP_FLAGS:
+            out[f"{d}_{flag}_packets"] = col[f"{d}_{flag}_packets"]
+    out["ip_fragment_packets"] = col["fragments"]
+    out["splt_signed_ps"] = table.column("splt")
+    out["expiration_reason"] = [REASONS[r] for r in col["reason"]]
+    out["capture_file"] = table.column("capture_file")
+    arrays = []
+    for field in schema.FLOWS:
+        value = out[field.name]
+        if isinstance(value, (pa.Array, pa.ChunkedArray)):
+            arrays.append(value.cast(field.type))
+        else:
+            arrays.append(pa.array(value).cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=schema.FLOWS)

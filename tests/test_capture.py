@@ -1,0 +1,196 @@
+"""The capture reader: every supported format, link type and header chain, and bad input.
+
+Expected values come from the hand-made files of ``capture_builder`` (what was written),
+never from the reader itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import capture_builder as cb
+from pipeline.capture import decode as D
+from pipeline.capture.reader import CaptureReader
+from pipeline.ingest import process_file
+
+
+def read_all(path, **kwargs):
+    reader = CaptureReader(path, **kwargs)
+    batches = [b.copy() for b in reader.batches()]
+    packets = np.concatenate(batches) if batches else np.zeros((0, D.NCOL), np.int64)
+    return packets, reader.info
+
+
+def udp4(i=0, src="10.0.0.1", dst="10.0.0.2"):
+    return cb.ipv4(src, dst, 17, cb.udp(1000 + i, 53, b"q" * 10))
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("nano", [False, True])
+def test_classic_pcap_in_both_byte_orders_and_resolutions_gives_microsecond_times(
+        tmp_path, big_endian, nano):
+    records = [(cb.BASE_TS + 1.25 + i, cb.ether(udp4(i))) for i in range(3)]
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes(records, big_endian=big_endian, nano=nano))
+    packets, info = read_all(path)
+    assert info.file_format == "pcap" and info.errors == []
+    expected_us = [round((cb.BASE_TS + 1.25 + i) * 1e6) for i in range(3)]
+    assert packets[:, D.TS].tolist() == expected_us
+    assert packets[:, D.SPORT].tolist() == [1000, 1001, 1002]
+    assert packets[:, D.IPLEN].tolist() == [20 + 8 + 10] * 3
+
+
+def test_gzip_compressed_capture_reads_like_the_plain_file(tmp_path):
+    records = [(cb.BASE_TS + i, cb.ether(udp4(i))) for i in range(50)]
+    data = cb.pcap_bytes(records)
+    plain, _ = read_all(cb.write(tmp_path / "a.pcap", data))
+    packed, info = read_all(cb.write(tmp_path / "a.pcap.gz", data, compress=True))
+    assert info.errors == []
+    assert np.array_equal(plain, packed)
+
+
+def test_small_chunks_give_the_same_packets_as_one_big_chunk(tmp_path):
+    records = [(cb.BASE_TS + i, cb.ether(udp4(i))) for i in range(300)]
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes(records))
+    whole, _ = read_all(path)
+    chunked, info = read_all(path, chunk_bytes=4096, batch_rows=7)
+    assert info.errors == [] and len(whole) == 300
+    assert np.array_equal(whole, chunked)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_pcapng_with_two_interfaces_of_different_link_types_and_resolutions(tmp_path, big_endian):
+    ip = udp4()
+    records = [(0, cb.BASE_TS + 1.5, cb.ether(ip)), (1, cb.BASE_TS + 2.25, ip),
+               (0, cb.BASE_TS + 3.0, cb.arp())]
+    data = cb.pcapng_bytes([(1, 6), (101, 9)], records, big_endian=big_endian)
+    packets, info = read_all(cb.write(tmp_path / "a.pcapng", data))
+    assert info.file_format == "pcapng" and info.link_types == {1, 101}
+    assert info.errors == []
+    assert packets[:, D.TS].tolist() == [round((cb.BASE_TS + t) * 1e6) for t in (1.5, 2.25, 3.0)]
+    assert packets[:, D.STATUS].tolist() == [D.OK, D.OK, D.NON_IP]
+    assert packets[0, D.S1] == packets[1, D.S1] == int.from_bytes(bytes([10, 0, 0, 1]), "big")
+
+
+@pytest.mark.parametrize("linktype, frame", [
+    (1, cb.ether(udp4())),
+    (1, cb.ether(udp4(), vlans=(42,))),
+    (1, cb.ether(udp4(), vlans=(42, 7))),
+    (101, udp4()),
+    (228, udp4()),
+    (113, cb.sll(udp4())),
+    (276, cb.sll2(udp4())),
+])
+def test_every_supported_link_type_reaches_the_udp_ports(tmp_path, linktype, frame):
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, frame)], linktype=linktype))
+    packets, _ = read_all(path)
+    assert packets[0, D.STATUS] == D.OK
+    assert (packets[0, D.SPORT], packets[0, D.DPORT], packets[0, D.PROTO]) == (1000, 53, 17)
+
+
+def test_vlan_id_is_the_outer_tag_and_absent_without_tag(tmp_path):
+    frames = [cb.ether(udp4(), vlans=(42, 7)), cb.ether(udp4(), vlans=(9,)), cb.ether(udp4())]
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, f) for f in frames]))
+    packets, _ = read_all(path)
+    assert packets[:, D.VLAN].tolist() == [42, 9, -1]
+
+
+def test_ipv6_extension_headers_are_skipped_to_the_transport_header(tmp_path):
+    payload = cb.tcp(40000, 443, cb.TCP_SYN)
+    frame = cb.ether(cb.ipv6("2001:db8::1", "2001:db8::2", 0, payload,
+                             extensions=cb.ipv6_hop_by_hop(6)), ethertype=0x86DD)
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, frame)]))
+    packets, _ = read_all(path)
+    row = packets[0]
+    assert row[D.STATUS] == D.OK and row[D.IPVER] == 6 and row[D.PROTO] == 6
+    assert (row[D.SPORT], row[D.DPORT], row[D.FLAGS]) == (40000, 443, cb.TCP_SYN)
+    assert row[D.IPLEN] == 40 + 8 + 20
+
+
+def test_icmpv6_and_other_ip_protocols_are_decoded_without_ports(tmp_path):
+    frames = [cb.ipv6("fe80::1", "ff02::1", 58, cb.icmp(135, 0)),
+              cb.ipv4("10.0.0.1", "10.0.0.2", 47, b"\x00" * 8)]
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, f) for f in frames],
+                                                       linktype=101))
+    packets, _ = read_all(path)
+    assert packets[:, D.STATUS].tolist() == [D.OK, D.OK]
+    assert packets[:, D.PROTO].tolist() == [58, 47]
+    assert packets[0, D.ICMPTYPE] == 135
+    assert packets[:, D.SPORT].tolist() == [0, 0]
+
+
+def test_skip_reasons_non_ip_truncated_malformed_and_unsupported_link(tmp_path):
+    good = udp4()
+    frames = [cb.arp(), cb.ether(good[:22]), cb.ether(b"\x45" + good[1:2] + b"\x00\x05" + good[4:])]
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, f) for f in frames]))
+    packets, _ = read_all(path)
+    assert packets[:, D.STATUS].tolist() == [D.NON_IP, D.TRUNCATED, D.MALFORMED_IP]
+    odd = cb.write(tmp_path / "b.pcap", cb.pcap_bytes([(cb.BASE_TS, good)], linktype=147))
+    packets, info = read_all(odd)
+    assert packets[:, D.STATUS].tolist() == [D.UNSUPPORTED_LINK]
+    assert [e.fatal for e in info.errors] == [False]
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty file"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "not a capture file"),
+    (b"\xd4\xc3\xb2\xa1\x02\x00", "truncated pcap file header"),
+])
+def test_bad_files_are_reported_at_offset_zero_or_header(tmp_path, content, reason):
+    packets, info = read_all(cb.write(tmp_path / "bad.pcap", content))
+    assert len(packets) == 0
+    assert len(info.errors) == 1 and info.errors[0].fatal
+    assert reason in info.errors[0].reason
+
+
+def test_unreadable_path_is_an_error_not_an_exception(tmp_path):
+    packets, info = read_all(tmp_path)  # a directory cannot be read as a file
+    assert len(packets) == 0 and "unreadable" in info.errors[0].reason
+
+
+def test_truncation_at_every_byte_of_the_first_records_keeps_whole_records(tmp_path):
+    records = [(cb.BASE_TS + i, cb.ether(udp4(i))) for i in range(3)]
+    data = cb.pcap_bytes(records)
+    record_len = 16 + len(records[0][1])
+    for cut in range(len(data) + 1):
+        packets, info = read_all(cb.write(tmp_path / "cut.pcap", data[:cut]))
+        complete = max(0, (cut - 24) // record_len)
+        assert len(packets) == complete, cut
+        clean_end = cut >= 24 and (cut - 24) % record_len == 0
+        assert (info.errors == []) == (clean_end and cut > 0), (cut, info.errors)
+        if not clean_end and cut > 24:
+            assert info.errors[0].byte_offset == 24 + complete * record_len
+
+
+def test_truncated_pcapng_at_every_byte_keeps_whole_blocks(tmp_path):
+    data = cb.pcapng_bytes([(1, 6)], [(0, cb.BASE_TS + i, cb.ether(udp4(i))) for i in range(2)])
+    full, _ = read_all(cb.write(tmp_path / "full.pcapng", data))
+    assert len(full) == 2
+    block_ends, pos = set(), 0
+    while pos < len(data):  # walk the block lengths the builder wrote
+        pos += int.from_bytes(data[pos + 4:pos + 8], "little")
+        block_ends.add(pos)
+    for cut in range(len(data)):
+        packets, info = read_all(cb.write(tmp_path / "cut.pcapng", data[:cut]))
+        assert len(packets) <= 2
+        assert (info.errors == []) == (cut in block_ends), cut
+        assert np.array_equal(packets, full[: len(packets)])
+
+
+def test_inflated_record_length_stops_the_file_with_its_offset(tmp_path):
+    records = [(cb.BASE_TS + i, cb.ether(udp4(i))) for i in range(4)]
+    data = bytearray(cb.pcap_bytes(records))
+    record_len = 16 + len(records[0][1])
+    third = 24 + 2 * record_len
+    data[third + 8: third + 12] = (0x7FFFFFF0).to_bytes(4, "little")
+    packets, info = read_all(cb.write(tmp_path / "a.pcap", bytes(data)))
+    assert len(packets) == 2
+    assert info.errors[0].byte_offset == third and info.errors[0].fatal
+
+
+def test_partially_corrupt_file_keeps_its_valid_part_with_status_partial(tmp_path):
+    records = [(cb.BASE_TS + i, cb.ether(udp4(i))) for i in range(4)]
+    data = cb.pcap_bytes(records)
+    path = cb.write(tmp_path / "a.pcap", data[:-5])
+    _flows, stats, errors = process_file(path, "a.pcap")
+    assert stats["status"] == "partial" and stats["packets_read"] == 3
+    assert errors[0]["byte_offset"] == 24 + 3 * (16 + len(records[0][1]))
