@@ -159,13 +159,16 @@ def evaluate_night(
     labels_path: Path | None,
     models: list[str],
     config: EvaluationConfig = EvaluationConfig(),
+    versions: dict[str, str] | None = None,
 ) -> dict:
     """JSON-able summary of one night (see ``docs/`` and ``pipeline.report``).
 
     ``{"date", "train_dates", "labels_file", "models", "volumes", "attack_flows_by_kind",
     "detectors": {name: {"family": "model"|"baseline", "available", "scored_flows",
     "flagged", "threshold", "metrics", "per_kind", "curves", "histogram"}}}``;
-    ``metrics``/``per_kind``/``curves`` are ``None`` without labels.
+    ``metrics``/``per_kind``/``curves`` are ``None`` without labels. ``versions`` pins
+    the ``model_version`` evaluated per model; a model not in it is evaluated at its
+    newest complete scores partition of the night.
     """
     warehouse = Path(warehouse)
     flows = read_flows(spark, warehouse, date)
@@ -176,9 +179,11 @@ def evaluate_night(
 
     detectors: dict[str, dict] = {}
     for model in models:
-        version = latest_score_version(warehouse, date, model)
-        if version is None:
-            log.warning("no scores for model %s on %s", model, date)
+        version = (versions or {}).get(model) or latest_score_version(warehouse, date, model)
+        if version is None or not complete_partitions(
+            warehouse, "flow_scores", date=date, model=model, model_version=version
+        ):
+            log.warning("no scores for model %s (version %s) on %s", model, version, date)
             detectors[model] = {"family": "model", "available": False}
             continue
         scores = read_model_scores(spark, warehouse, date, model, version)

@@ -187,10 +187,13 @@ def test_missing_model_scores_are_reported_unavailable_not_fatal(spark, tmp_path
     assert "not available" in results_markdown(summary)
 
 
-def test_newest_score_version_is_evaluated(synthetic, tmp_path):
-    warehouse, _ = synthetic
-    assert latest_score_version(warehouse, TEST_DATE, "a2gnn") == "v1"
-    assert latest_score_version(warehouse, TEST_DATE, "no_such_model") is None
+def test_newest_score_version_is_evaluated_not_the_first_by_name(tmp_path):
+    scores = pa.table({"flow_id": ["f1"], "score": [0.5]})
+    for version in ("b-written-first", "a-written-second"):
+        write_arrow_partition(scores, tmp_path, "flow_scores", date=TEST_DATE, model="a2gnn",
+                              model_version=version)
+    assert latest_score_version(tmp_path, TEST_DATE, "a2gnn") == "a-written-second"
+    assert latest_score_version(tmp_path, TEST_DATE, "rearview") is None
 
 
 def test_command_writes_summary_table_and_report(spark, synthetic, tmp_path):
@@ -204,3 +207,11 @@ def test_command_writes_summary_table_and_report(spark, synthetic, tmp_path):
     assert "| a2gnn | model | 23 | 0.870 | 1.000 | 0.930 |" in table
     assert "| scan | 12 |" in table
     assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_pinned_version_is_evaluated_and_a_missing_pin_is_unavailable(spark, synthetic):
+    warehouse, labels = synthetic
+    pinned = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn", "rearview"],
+                            versions={"a2gnn": "v1", "rearview": "v9"})
+    assert pinned["detectors"]["a2gnn"]["model_version"] == "v1"
+    assert pinned["detectors"]["rearview"] == {"family": "model", "available": False}
