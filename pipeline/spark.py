@@ -45,9 +45,6 @@ def session_settings(
     warehouse = Path(warehouse).resolve()
     settings = {
         "spark.sql.warehouse.dir": str(warehouse / "sql"),
-        "javax.jdo.option.ConnectionURL": (
-            f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true"
-        ),
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true"
         ),
