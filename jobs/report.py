@@ -32,7 +32,9 @@ class ReportTask(ScoredNightTask):
         spark = self.spark()
         train = self.score_tasks()[sorted(self.model_versions)[0]].trainer().train_dates()
         self.progress(10, f"evaluating {self.day} (labels: {self.labels or 'none'})")
+        versions = {model: task.resolved_version() for model, task in self.score_tasks().items()}
         summary = evaluate_night(spark, self.warehouse_path, self.day, train,
-                                 Path(self.labels) if self.labels else None, sorted(self.model_versions))
+                                 Path(self.labels) if self.labels else None, sorted(versions),
+                                 versions=versions)
         path = write_report(spark, self.warehouse_path, self.day, summary, self.report_dir())
         self.progress(100, f"report written to {path}")
