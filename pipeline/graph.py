@@ -1,0 +1,298 @@
+"""The heterogeneous interaction graph of a night's flows, in GraphFrames' schema.
+
+Vertices (``pipeline.schema.GRAPH_VERTICES``): ``host:<ip>`` (type ``host``) and
+``flow:<flow_id>`` (type ``flow``). Edges (``pipeline.schema.GRAPH_EDGES``):
+
+* physical: ``host:<src_ip> -[src]-> flow:<id> -[dst]-> host:<dst_ip>``, weight 1;
+* relay: ``flow:A -[relay]-> flow:B`` when A goes *into* host H (H is A's responder),
+  B goes *out of* H (H is B's initiator) and B starts 0 <= dt <= ``relay_window_s``
+  after A; weight ``exp(-dt / relay_decay_s)``;
+* similarity: ``flow:A -[similarity]- flow:B`` (stored once, A < B) when both touch the
+  same host, start within ``similarity_window_s``, both have more than ``min_packets``
+  packets, their packet counts differ by at most ``max_packet_count_gap`` and the Pearson
+  correlation of their normalised wavelet signatures (``pipeline.signatures``) exceeds
+  ``min_correlation``; weight = the correlation.
+
+Bounds. The candidate search runs per host over flows sorted by start time and looks at
+most ``max_candidates_per_flow`` positions ahead, so it costs O(incidences x candidates)
+however busy a host is (a resolver with 100,000 flows in one second gives 100,000 x 64
+candidate checks, not 10^10). A semantic edge is then kept only when it is among the
+``max_semantic_edges_per_flow`` (k) strongest of *both* its flows, so every flow has at
+most k semantic edges and ``edges <= 2 x flows + k x flows / 2``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline import signatures
+
+log = logging.getLogger(__name__)
+
+SEMANTIC_RELATIONSHIPS = ("relay", "similarity")
+PHYSICAL_RELATIONSHIPS = ("src", "dst")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Graph construction knobs (defaults: METHODS.md, Atomic-Anchor 1).
+
+    relay_window_s: a relay's second flow starts at most this long after the first (s).
+    relay_decay_s: relay weight is ``exp(-dt / relay_decay_s)`` (s).
+    similarity_window_s: similar flows start at most this far apart (s).
+    min_packets: similarity needs strictly more packets than this in both flows.
+    max_packet_count_gap: similar flows' packet counts differ by at most this.
+    min_correlation: similarity needs Pearson correlation strictly above this.
+    max_semantic_edges_per_flow: k, the strongest semantic edges each flow keeps.
+    max_candidates_per_flow: positions looked ahead per host in start order (search bound).
+    host_buckets: hosts are hashed into this many groups, one pandas task each.
+    """
+
+    relay_window_s: float = 1.0
+    relay_decay_s: float = 1.0
+    similarity_window_s: float = 10.0
+    min_packets: int = 8
+    max_packet_count_gap: int = 10
+    min_correlation: float = 0.95
+    max_semantic_edges_per_flow: int = 10
+    max_candidates_per_flow: int = 64
+    host_buckets: int = 16
+
+
+def host_vertex(ip: str) -> str:
+    return f"host:{ip}"
+
+
+def flow_vertex(flow_id: str) -> str:
+    return f"flow:{flow_id}"
+
+
+# ----------------------------------------------------------------- pure candidate search
+def _window_pairs(
+    keys: np.ndarray, times_ms: np.ndarray, window_ms: float, max_offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), i < j, of rows with equal ``keys`` and ``0 <= t_j - t_i <= window``.
+
+    Rows must be sorted by (key, time). Looks at most ``max_offset`` rows ahead, so the
+    result has at most ``n x max_offset`` pairs. Stops early once no row has a partner at
+    some offset (larger offsets cannot have one either).
+    """
+    n = len(keys)
+    firsts, seconds = [], []
+    for offset in range(1, min(max_offset, n - 1) + 1):
+        left = np.arange(n - offset)
+        right = left + offset
+        hit = (keys[left] == keys[right]) & (times_ms[right] - times_ms[left] <= window_ms)
+        if not hit.any():
+            break
+        firsts.append(left[hit])
+        seconds.append(right[hit])
+    if not firsts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def relay_candidates(incidences: pd.DataFrame, config: GraphConfig) -> pd.DataFrame:
+    """Relay edges among ``incidences`` (host, role in|out, flow_id, first_seen_ms, ...).
+
+    Returns columns ``a`` (flow into the host), ``b`` (flow out of it), ``weight``.
+    """
+    frame = incidences.sort_values(["host", "first_seen_ms", "role", "flow_id"], kind="stable")
+    keys = pd.factorize(frame["host"])[0]
+    times = frame["first_seen_ms"].to_numpy(np.int64)
+    role = frame["role"].to_numpy()
+    flow = frame["flow_id"].to_numpy()
+    left, right = _window_pairs(keys, times, config.relay_window_s * 1000.0, config.max_candidates_per_flow)
+    keep = (role[left] == "in") & (role[right] == "out") & (flow[left] != flow[right])
+    left, right = left[keep], right[keep]
+    dt_s = (times[right] - times[left]) / 1000.0
+    return pd.DataFrame(
+        {"a": flow[left], "b": flow[right], "weight": np.exp(-dt_s / config.relay_decay_s)}
+    )
+
+
+def similarity_candidates(
+    incidences: pd.DataFrame, config: GraphConfig, signature_stats: dict
+) -> pd.DataFrame:
+    """Similarity edges among ``incidences`` (host, flow_id, first_seen_ms, packets, splt).
+
+    Returns columns ``a`` < ``b`` (flow ids) and ``weight`` (Pearson correlation).
+    """
+    frame = incidences[incidences["bidirectional_packets"] > config.min_packets]
+    frame = frame.sort_values(["host", "first_seen_ms", "flow_id"], kind="stable")
+    empty = pd.DataFrame({"a": [], "b": [], "weight": []})
+    if len(frame) < 2:
+        return empty
+    keys = pd.factorize(frame["host"])[0]
+    times = frame["first_seen_ms"].to_numpy(np.int64)
+    packets = frame["bidirectional_packets"].to_numpy(np.int64)
+    flow = frame["flow_id"].to_numpy()
+    left, right = _window_pairs(
+        keys, times, config.similarity_window_s * 1000.0, config.max_candidates_per_flow
+    )
+    close = np.abs(packets[left] - packets[right]) <= config.max_packet_count_gap
+    left, right = left[close], right[close]
+    if len(left) == 0:
+        return empty
+    rows = np.unique(np.concatenate([left, right]))
+    position = np.full(len(frame), -1)
+    position[rows] = np.arange(len(rows))
+    unit = signatures.correlation_ready(
+        signatures.normalised_signatures(
+            signatures.splt_matrix(frame["splt_signed_ps"].iloc[rows]), signature_stats
+        )
+    )
+    correlation = np.einsum("ij,ij->i", unit[position[left]], unit[position[right]])
+    keep = (correlation > config.min_correlation) & (flow[left] != flow[right])
+    a, b = flow[left][keep], flow[right][keep]
+    return pd.DataFrame(
+        {"a": np.minimum(a, b), "b": np.maximum(a, b), "weight": correlation[keep]}
+    )
+
+
+def semantic_candidates(
+    incidences: pd.DataFrame, config: GraphConfig, signature_stats: dict
+) -> pd.DataFrame:
+    """All relay and similarity candidates of one group of hosts.
+
+    ``incidences``: one row per (host, flow) with ``host``, ``role`` (``in`` when the
+    host is the flow's responder, ``out`` when its initiator), ``flow_id``,
+    ``first_seen_ms``, ``bidirectional_packets``, ``splt_signed_ps``. Returns columns
+    ``a``, ``b``, ``relationship``, ``weight`` (flow ids without the ``flow:`` prefix).
+    """
+    relay = relay_candidates(incidences, config).assign(relationship="relay")
+    similar = similarity_candidates(incidences, config, signature_stats).assign(
+        relationship="similarity"
+    )
+    out = pd.concat([relay, similar], ignore_index=True)
+    out = out[["a", "b", "relationship", "weight"]].astype(
+        {"a": str, "b": str, "relationship": str, "weight": np.float64}
+    )
+    return mutual_strongest(out, config.max_semantic_edges_per_flow)
+
+
+def mutual_strongest(edges: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Edges among the k strongest of both endpoints (ties: smaller ``a``, ``b``, kind).
+
+    Applied to one host group's candidates it only removes edges the global selection
+    (``_strongest_per_flow``, same order) would remove too: an edge outside an endpoint's
+    top k among a subset of its candidates is outside its top k among all of them.
+    """
+    if len(edges) == 0:
+        return edges
+    edges = (
+        edges.groupby(["a", "b", "relationship"], as_index=False, sort=False)["weight"].max()
+        .sort_values(["weight", "a", "b", "relationship"], ascending=[False, True, True, True])
+        .reset_index(drop=True)
+    )
+    # an endpoint's rank counts its edges on both sides (as a and as b)
+    ends = pd.concat(
+        [pd.DataFrame({"flow": edges["a"], "row": edges.index}),
+         pd.DataFrame({"flow": edges["b"], "row": edges.index})]
+    ).sort_values("row", kind="stable")
+    ends["rank"] = ends.groupby("flow", sort=False).cumcount()
+    worst = ends.groupby("row")["rank"].max()
+    return edges[worst.reindex(edges.index).to_numpy() < k].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- Spark side
+def _incidences(flows_df):
+    from pyspark.sql import functions as F
+
+    columns = ["flow_id", "first_seen_ms", "bidirectional_packets", "splt_signed_ps"]
+    outgoing = flows_df.select(F.col("src_ip").alias("host"), F.lit("out").alias("role"), *columns)
+    incoming = flows_df.select(F.col("dst_ip").alias("host"), F.lit("in").alias("role"), *columns)
+    return outgoing.unionByName(incoming).where(F.col("host").isNotNull())
+
+
+def _strongest_per_flow(candidates, k: int):
+    """Keep an edge only when it is among the k strongest of both its endpoints."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    edges = candidates.groupBy("a", "b", "relationship").agg(F.max("weight").alias("weight"))
+    ends = edges.select(F.col("a").alias("flow"), "a", "b", "relationship", "weight").unionByName(
+        edges.select(F.col("b").alias("flow"), "a", "b", "relationship", "weight")
+    )
+    rank = Window.partitionBy("flow").orderBy(
+        F.col("weight").desc(), F.col("a"), F.col("b"), F.col("relationship")
+    )
+    kept = ends.withColumn("rank", F.row_number().over(rank)).where(F.col("rank") <= k)
+    return (
+        kept.groupBy("a", "b", "relationship")
+        .agg(F.count("*").alias("ends"), F.first("weight").alias("weight"))
+        .where(F.col("ends") == 2)
+        .select("a", "b", "relationship", "weight")
+    )
+
+
+def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
+    """Build ``(vertices_df, edges_df)`` from a ``flows`` DataFrame (schema ``FLOWS``).
+
+    ``signature_stats``: from ``pipeline.signatures.fit_signature_normalisation`` on the
+    training window (never refitted here). Returns Spark DataFrames with exactly the
+    columns of ``GRAPH_VERTICES`` (id, type) and ``GRAPH_EDGES`` (src, dst,
+    relationship, weight); ``GraphFrame(vertices_df, edges_df)`` accepts them as is.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    signatures.check_signature_stats(signature_stats)
+    flows = flows_df.select(
+        "flow_id", "src_ip", "dst_ip", "first_seen_ms", "bidirectional_packets", "splt_signed_ps"
+    )
+    hosts = (
+        flows.select(F.col("src_ip").alias("ip"))
+        .unionByName(flows.select(F.col("dst_ip").alias("ip")))
+        .where(F.col("ip").isNotNull())
+        .distinct()
+        .select(F.concat(F.lit("host:"), "ip").alias("id"), F.lit("host").alias("type"))
+    )
+    flow_vertices = flows.select(
+        F.concat(F.lit("flow:"), "flow_id").alias("id"), F.lit("flow").alias("type")
+    )
+    vertices = hosts.unionByName(flow_vertices)
+
+    physical = flows.where(F.col("src_ip").isNotNull()).select(
+        F.concat(F.lit("host:"), "src_ip").alias("src"),
+        F.concat(F.lit("flow:"), "flow_id").alias("dst"),
+        F.lit("src").alias("relationship"),
+        F.lit(1.0).alias("weight"),
+    ).unionByName(
+        flows.where(F.col("dst_ip").isNotNull()).select(
+            F.concat(F.lit("flow:"), "flow_id").alias("src"),
+            F.concat(F.lit("host:"), "dst_ip").alias("dst"),
+            F.lit("dst").alias("relationship"),
+            F.lit(1.0).alias("weight"),
+        )
+    )
+
+    candidate_schema = T.StructType(
+        [
+            T.StructField("a", T.StringType()),
+            T.StructField("b", T.StringType()),
+            T.StructField("relationship", T.StringType()),
+            T.StructField("weight", T.DoubleType()),
+        ]
+    )
+
+    def search(group: pd.DataFrame) -> pd.DataFrame:
+        return semantic_candidates(group.drop(columns="bucket"), config, signature_stats)
+
+    candidates = (
+        _incidences(flows)
+        .withColumn("bucket", F.pmod(F.xxhash64("host"), F.lit(config.host_buckets)))
+        .groupBy("bucket")
+        .applyInPandas(search, schema=candidate_schema)
+    )
+    semantic = _strongest_per_flow(candidates, config.max_semantic_edges_per_flow).select(
+        F.concat(F.lit("flow:"), "a").alias("src"),
+        F.concat(F.lit("flow:"), "b").alias("dst"),
+        "relationship",
+        "weight",
+    )
+    edges = physical.unionByName(semantic)
+    return vertices, edges
