@@ -1,0 +1,105 @@
+"""A2GNN speed: training seconds per epoch and scoring flows/s on generated flows.
+
+Usage::
+
+    python bench/bench_a2gnn.py --flows 100000 [--flows 1000000] [--device cpu|cuda]
+                                [--epochs 2] [--threads 2] [--json out.json]
+
+The generated graph mimics a night's shape: atoms of 1-8 flows (mean ~3, a few of
+size 30-60), chained intra-atom edges, features drawn around a dozen traffic profiles.
+Training runs the real loop (:func:`models.a2gnn_training.train_model`, default
+config); scoring is what a Spark scoring task does per bucket: eval-mode embedding by
+atom batches plus the exact nearest-anchor search against every training atom's anchor.
+Numbers are wall-clock on the named device, after one warm-up batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+
+from models.a2gnn_training import (
+    A2GNNConfig,
+    AtomGraph,
+    atom_anchors,
+    embed,
+    nearest_anchor,
+    train_model,
+)
+from pipeline.features import FEATURE_COLUMNS
+
+log = logging.getLogger("bench_a2gnn")
+
+
+def generated_graph(num_flows: int, seed: int = 0) -> AtomGraph:
+    """About ``num_flows`` standardised flows in atoms, with chained intra-atom edges."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 9, size=num_flows // 4 + 1)
+    big = rng.random(sizes.size) < 0.002
+    sizes[big] = rng.integers(30, 61, size=int(big.sum()))
+    sizes = sizes[np.cumsum(sizes) <= num_flows]
+    atom = np.repeat(np.arange(sizes.size), sizes)
+    profiles = rng.normal(size=(12, len(FEATURE_COLUMNS)))
+    x = profiles[rng.integers(0, 12, sizes.size)][atom] + 0.3 * rng.normal(size=(atom.size, len(FEATURE_COLUMNS)))
+    nodes = np.arange(atom.size)
+    chained = nodes[1:][atom[1:] == atom[:-1]]  # node i linked to i - 1 in the same atom
+    src, dst = chained - 1, chained
+    return AtomGraph(x.astype(np.float32), atom, np.stack([np.r_[src, dst], np.r_[dst, src]]))
+
+
+def bench(num_flows: int, device: str, epochs: int) -> dict:
+    config = A2GNNConfig(epochs=epochs, device=device)
+    train = generated_graph(num_flows, seed=1)
+    test = generated_graph(num_flows, seed=2)
+    started = time.perf_counter()
+    model, metrics = train_model(train, config, torch.device(device))
+    train_seconds = time.perf_counter() - started
+    anchors = atom_anchors(embed(model, train, config, torch.device(device)), train.atom)
+    embed(model, generated_graph(2_000, seed=3), config, torch.device(device))  # warm-up
+    started = time.perf_counter()
+    z = embed(model, test, config, torch.device(device))
+    embed_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    nearest_anchor(z, anchors)
+    search_seconds = time.perf_counter() - started
+    return {
+        "flows": train.num_flows,
+        "atoms": train.num_atoms,
+        "edges": int(train.edge_index.shape[1]),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "epochs": epochs,
+        "train_seconds_per_epoch": metrics["seconds_per_epoch"],
+        "train_seconds_total": train_seconds,
+        "anchors": int(anchors.shape[0]),
+        "score_embed_seconds": embed_seconds,
+        "score_anchor_search_seconds": search_seconds,
+        "score_flows_per_second": test.num_flows / (embed_seconds + search_seconds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--flows", type=int, action="append", help="flows per night (repeatable)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [bench(n, args.device, args.epochs) for n in (args.flows or [100_000])]
+    for result in results:
+        log.info("%s", json.dumps(result))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
