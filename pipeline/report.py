@@ -185,6 +185,25 @@ def _quality_section(summary: dict) -> str:
     )
 
 
+def _detectors_section(summary: dict) -> str:
+    """Flagged flows per detector (the nightly view, when there are no labels)."""
+    rows = []
+    for name, entry in summary["detectors"].items():
+        if not entry.get("available"):
+            rows.append([_esc(name), _esc(entry["family"]), "–", "no scores", "", "", ""])
+            continue
+        share = entry["flagged"] / entry["scored_flows"] if entry["scored_flows"] else 0.0
+        rows.append([_esc(name), _esc(entry["family"]), _esc(entry.get("model_version", "–")),
+                     _num(entry["scored_flows"]), _num(entry["flagged"]), f"{100 * share:.2f} %",
+                     _num(entry["threshold"], 4)])
+    note = ('<p class="note">Baselines (fitted on the training nights, no labels) are shown for '
+            "comparison. Each detector flags flows above its own threshold, fitted on the training "
+            "nights.</p>")
+    return "<h2>Detectors</h2>" + note + _table(
+        ["detector", "family", "version", "scored flows", "flagged", "flagged share", "threshold"],
+        rows, numeric={3, 4, 5, 6})
+
+
 def _curves_figure(available: dict[str, dict]) -> str:
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, entry in available.items():
@@ -228,7 +247,8 @@ def _distributions_section(summary: dict) -> str:
             ax.text(entry["threshold"], 0.98, " threshold", transform=ax.get_xaxis_transform(),
                     fontsize=7, va="top")
         ax.set_yscale("log")
-        ax.set_title(f"{name} ({entry['family']})", fontsize=10)
+        ax.set_ylim(bottom=0.5)
+        ax.set_title(f"{name} ({entry['family']}): {entry['flagged']:,} flagged", fontsize=10)
         ax.set_xlabel("score", fontsize=8)
         ax.set_ylabel("flows (log)", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -511,8 +531,7 @@ def render_report(spark, warehouse: Path, date: str, summary: dict, config: Repo
         f"<h1>Traffic anomalies, night {_esc(date)}</h1><p class='sub'>{subtitle}</p>",
         _volumes_section(summary),
     ]
-    if labelled:
-        sections.append(_quality_section(summary))
+    sections.append(_quality_section(summary) if labelled else _detectors_section(summary))
     sections += [
         _distributions_section(summary),
         _top_flows_section(spark, warehouse, date, summary, config),

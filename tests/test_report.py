@@ -53,6 +53,7 @@ def test_unlabelled_night_without_model_scores_still_gets_a_report(spark, tmp_pa
     text = write_report(spark, warehouse, TEST_DATE, summary, tmp_path / "out").read_text()
     assert _no_external_references(text)
     assert "Detection quality" not in text
+    assert text.count("no scores</td>") == 2          # both models listed as missing
     assert "no labels (nightly run)" in text
     assert "Score distributions" in text and "all flows of the night" in text
     assert text.count("No scores for this night.") == 2
