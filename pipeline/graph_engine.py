@@ -117,8 +117,7 @@ def _large_star(edges):
         both.join(smallest, "u")
         .where(F.col("v") > F.col("u"))
         .select(F.col("v").alias("u"), F.col("m").alias("v"))
-        .distinct()
-    )
+    )  # duplicates are removed by the small-star step that always follows
 
 
 def _small_star(edges):
@@ -165,7 +164,7 @@ def _dataframe_components(spark, vertices_df, edges_df):
     )
     previous = _fingerprint(edges)
     for round_index in range(1, MAX_ROUNDS + 1):
-        edges = _checkpoint(_small_star(_checkpoint(_large_star(edges))))
+        edges = _checkpoint(_small_star(_large_star(edges)))
         current = _fingerprint(edges)
         log.debug("large/small-star round %d: %d edges", round_index, current[0])
         if current == previous:
