@@ -1,0 +1,102 @@
+"""Anomaly-weighted edge-feature GraphSAGE with Deep Graph Infomax (RearView stage 2).
+
+A session graph has one vertex per IP and one directed edge ``src -> dst`` per flow whose
+features are the flow's VAE latent mean. The encoder produces one embedding per *edge*
+(flow); Deep Graph Infomax (``torch_geometric.nn.DeepGraphInfomax``) trains it without
+labels, its corruption shuffling the edge features across edges.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import DeepGraphInfomax
+
+EMBEDDING_DIM = 64
+_EPS = 1e-8
+
+
+def weighted_mean_by_vertex(
+    index: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, num_nodes: int
+) -> torch.Tensor:
+    r"""Weighted mean of ``values`` grouped by ``index``.
+
+    ``index: [E]`` long vertex ids, ``values: [E, D]``, ``weight: [E]`` (>= 0) ->
+    ``[num_nodes, D]`` with :math:`\sum_e w_e v_e / (\sum_e w_e + 10^{-8})` (zero rows for
+    vertices without edges or with zero total weight).
+    """
+    total = torch.zeros(num_nodes, values.shape[1], dtype=values.dtype, device=values.device)
+    total.index_add_(0, index, values * weight[:, None])
+    norm = torch.zeros(num_nodes, dtype=values.dtype, device=values.device)
+    norm.index_add_(0, index, weight)
+    return total / (norm[:, None] + _EPS)
+
+
+class AnomalyWeightedEdgeSAGE(nn.Module):
+    r"""One edge-feature GraphSAGE layer whose neighbour weights are ``1 - p``.
+
+    For a vertex :math:`v`, the features :math:`e` of its outgoing and of its incoming
+    edges are averaged separately, each edge weighted by :math:`w = 1 - p` (``p`` is the
+    flow's screening probability, so a flow already judged anomalous barely shapes its
+    neighbours' context):
+
+    .. math::
+
+        h_v = \mathrm{ReLU}\left(W_{node}\,[\bar e^{out}_v \,\Vert\, \bar e^{in}_v]\right),
+        \qquad z_{uv} = W_{edge}\,[h_u \,\Vert\, e_{uv}]
+
+    Args:
+        edge_dim: edge feature width ``D`` (the VAE latent width, 16).
+        node_dim: vertex embedding width.
+        out_dim: edge embedding width (64).
+
+    Forward: ``edge_index [2, E]`` long (row 0 = src vertex), ``edge_attr [E, D]``,
+    ``edge_weight [E]`` (``1 - p``), ``num_nodes`` -> edge embeddings ``[E, out_dim]``.
+    """
+
+    def __init__(self, edge_dim: int, node_dim: int = 64, out_dim: int = EMBEDDING_DIM) -> None:
+        super().__init__()
+        self.edge_dim = edge_dim
+        self.out_dim = out_dim
+        self.node_linear = nn.Linear(2 * edge_dim, node_dim)
+        self.edge_linear = nn.Linear(node_dim + edge_dim, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_uniform_(self.node_linear.weight, gain=gain)
+        nn.init.xavier_uniform_(self.edge_linear.weight, gain=gain)
+        nn.init.zeros_(self.node_linear.bias)
+        nn.init.zeros_(self.edge_linear.bias)
+
+    def forward(
+        self, edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int
+    ) -> torch.Tensor:
+        src, dst = edge_index[0], edge_index[1]
+        out_mean = weighted_mean_by_vertex(src, edge_attr, edge_weight, num_nodes)
+        in_mean = weighted_mean_by_vertex(dst, edge_attr, edge_weight, num_nodes)
+        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean], dim=1)))
+        return self.edge_linear(torch.cat([node[src], edge_attr], dim=1))
+
+
+def shuffle_edge_features(
+    edge_index: torch.Tensor, edge_attr: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """DGI corruption: the same graph with edge features permuted across edges (global RNG)."""
+    perm = torch.randperm(edge_attr.shape[0], device=edge_attr.device)
+    return edge_index, edge_attr[perm], edge_weight, num_nodes
+
+
+def mean_sigmoid_summary(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """DGI readout: ``sigmoid(mean of the edge embeddings)``, ``[out_dim]``."""
+    return torch.sigmoid(z.mean(dim=0))
+
+
+def build_edge_dgi(edge_dim: int, out_dim: int = EMBEDDING_DIM) -> DeepGraphInfomax:
+    """Deep Graph Infomax around :class:`AnomalyWeightedEdgeSAGE` (edge-level patches)."""
+    return DeepGraphInfomax(
+        hidden_channels=out_dim,
+        encoder=AnomalyWeightedEdgeSAGE(edge_dim, out_dim=out_dim),
+        summary=mean_sigmoid_summary,
+        corruption=shuffle_edge_features,
+    )

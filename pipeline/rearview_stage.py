@@ -1,0 +1,518 @@
+"""RearView pipeline glue: training-night flows -> artifact, scored night -> flow scores.
+
+Training (:func:`train_rearview`):
+
+1. The training nights' flows are ordered by night and start time. Per night, the last
+   ``validation_fraction`` of flows (in start order, a contiguous time block, so the
+   validation flows are not near-copies of training flows) are held out as *benign
+   validation* flows; the rest are *training* flows.
+2. Feature normalisation (``pipeline.features``) and the condition vocabulary are fitted
+   on training flows. Condition of a flow = its triplet ``server_ip|server_port|protocol``
+   (server = responder = ``dst``) when that triplet has ``>= min_triplet_sessions``
+   training flows; otherwise its ``(port, protocol)`` when the rare triplets of that port
+   and protocol pool at least that many; otherwise its protocol; a global condition covers
+   protocols never seen in training.
+3. In a ``TorchDistributor`` worker (:func:`train_rearview_worker`): the conditional VAE
+   and per-condition KDEs (stage 1), the anomaly-weighted GraphSAGE with DGI over the
+   FIFO session graphs of the training flows (stage 2), the edge embeddings of all
+   training-night flows, the unsupervised classifier on the training flows' embeddings
+   and the operating threshold: the ``threshold_quantile`` of the classifier's scores on
+   the benign validation flows. Test labels are never read.
+
+The classifier is not serialised: the artifact stores the training embeddings it was
+fitted on, and :func:`load_artifacts` refits it deterministically (fixed seed), which
+reproduces the same model with no pickle anywhere.
+
+Decision (stage 3): ``refined_score`` is the classifier's anomaly score of the flow's
+edge embedding. A flow is anomalous when its screening probability ``p`` exceeds
+``screening_alarm_p`` (0.95), or when it is *suspicious* (``p > suspicious_p``, 0.6) and
+``refined_score > threshold``. The row's ``score`` is the refined score (capped at the
+threshold for non-suspicious flows), raised to ``threshold * p / screening_alarm_p``, so
+that ``score > threshold`` exactly when ``is_anomaly``.
+
+Scoring (:func:`score_rearview`) numbers the flows in start order, replicates each flow
+into every FIFO window that contains it (``pipeline.rearview_windows``: consecutive
+windows overlap) and scores window by window with ``applyInPandas``; every flow takes its
+embedding from its home window, so the result equals :func:`score_flows_local`, the
+single-process run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from models.kde import fit_conditional_kde, kde_probability
+from models.rearview_cvae import ConditionalVAE
+from models.rearview_sage import AnomalyWeightedEdgeSAGE
+from models.rearview_training import (
+    embed_edges, screen_flows, session_graph, train_cvae, train_edge_dgi,
+)
+from pipeline import features, model_store, schema
+from pipeline.rearview_windows import eviction_count, home_window, window_bounds, window_count
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "rearview"
+FLOW_COLUMNS = (
+    "flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
+    "first_seen_ms", "last_seen_ms", "community_id",
+) + features.FEATURE_COLUMNS
+ARTIFACT_FILES = (
+    "config.json", "normalisation.json", "conditions.json", "detector.json",
+    "vae.safetensors", "kde.safetensors", "sage.safetensors", "classifier_training.safetensors",
+)
+
+
+@dataclass(frozen=True)
+class RearViewConfig:
+    """RearView settings (defaults from METHODS.md "RearView"; the lead maps luigi.cfg here).
+
+    ``validation_fraction``: share of each training night (its last flows in start
+    order) held out as benign validation flows for the threshold.
+    ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    ``num_processes``/``use_gpu``: passed to ``pipeline.distributed_training.run_training``.
+    ``cpu_threads``: torch intra-op threads per training or scoring process on CPU (1:
+    the networks are small, and more threads on a shared machine cost far more in
+    contention than they gain; it also keeps CPU runs bit-reproducible).
+    """
+
+    queue_size: int = 2000
+    evict_fraction: float = 0.8
+    min_triplet_sessions: int = 50
+    suspicious_p: float = 0.6
+    screening_alarm_p: float = 0.95
+    kde_bandwidth: float = 0.1
+    vae_epochs: int = 50
+    vae_learning_rate: float = 1e-4
+    vae_batch_size: int = 32
+    condition_dropout: float = 0.1
+    sage_epochs: int = 100
+    sage_learning_rate: float = 1e-3
+    classifier: str = "iforest"
+    validation_fraction: float = 0.2
+    threshold_quantile: float = 0.99
+    seed: int = 0
+    device: str = "auto"
+    num_processes: int = 1
+    use_gpu: bool = False
+    cpu_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.classifier not in ("iforest", "cblof"):
+            raise ValueError(f"RearViewConfig.classifier must be 'iforest' or 'cblof', got {self.classifier!r}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not 0.0 < self.threshold_quantile <= 1.0:
+            raise ValueError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
+        eviction_count(self.queue_size, self.evict_fraction)
+
+
+# ---------------------------------------------------------------- conditions (pure)
+def triplet_keys(flows: pd.DataFrame) -> pd.Series:
+    """``"server_ip|server_port|protocol"`` per flow (server = responder = ``dst``)."""
+    return flows["dst_ip"].astype(str) + "|" + flows["dst_port"].astype("int64").astype(str) + "|" + \
+        flows["protocol"].astype("int64").astype(str)
+
+
+def _port_protocol_keys(flows: pd.DataFrame) -> pd.Series:
+    return flows["dst_port"].astype("int64").astype(str) + "|" + flows["protocol"].astype("int64").astype(str)
+
+
+def build_condition_vocabulary(train_flows: pd.DataFrame, min_sessions: int) -> dict:
+    """Condition ids from the training flows (``dst_ip``, ``dst_port``, ``protocol``).
+
+    Returns ``{"triplet": {key: id}, "port_protocol": {key: id}, "protocol": {key: id},
+    "global": id, "num_conditions": C}``; ids are assigned in sorted key order, global last.
+    """
+    triplets = triplet_keys(train_flows)
+    counts = triplets.value_counts()
+    frequent = sorted(counts.index[counts >= min_sessions])
+    rare = ~triplets.isin(frequent)
+    pairs = _port_protocol_keys(train_flows)[rare]
+    pair_counts = pairs.value_counts()
+    pooled = sorted(pair_counts.index[pair_counts >= min_sessions])
+    rest = rare & ~_port_protocol_keys(train_flows).isin(pooled)
+    protocols = sorted(train_flows.loc[rest, "protocol"].astype("int64").astype(str).unique())
+    vocab: dict = {"triplet": {}, "port_protocol": {}, "protocol": {}}
+    next_id = 0
+    for level, keys in (("triplet", frequent), ("port_protocol", pooled), ("protocol", protocols)):
+        for key in keys:
+            vocab[level][key] = next_id
+            next_id += 1
+    vocab["global"] = next_id
+    vocab["num_conditions"] = next_id + 1
+    return vocab
+
+
+def assign_conditions(vocab: dict, flows: pd.DataFrame) -> np.ndarray:
+    """Condition id per flow: triplet, else (port, protocol), else protocol, else global."""
+    ids = triplet_keys(flows).map(vocab["triplet"])
+    ids = ids.fillna(_port_protocol_keys(flows).map(vocab["port_protocol"]))
+    ids = ids.fillna(flows["protocol"].astype("int64").astype(str).map(vocab["protocol"]))
+    return ids.fillna(vocab["global"]).to_numpy(dtype=np.int64)
+
+
+def order_flows(flows: pd.DataFrame, by_night: bool = False) -> pd.DataFrame:
+    """Flows in replay order: (``date`` when ``by_night``), ``first_seen_ms``, ``flow_id``."""
+    keys = (["date"] if by_night else []) + ["first_seen_ms", "flow_id"]
+    return flows.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def validation_mask(nights: np.ndarray, fraction: float) -> np.ndarray:
+    """``[N]`` bool: the last ``fraction`` of each night's flows (``nights`` in replay order)."""
+    mask = np.zeros(len(nights), dtype=bool)
+    _, starts, counts = np.unique(nights, return_index=True, return_counts=True)
+    for start, count in zip(starts, counts):
+        held = int(np.ceil(fraction * count)) if count > 1 else 0
+        mask[start + count - held:start + count] = True
+    return mask
+
+
+# ------------------------------------------------------------------ decision (pure)
+def fit_classifier(kind: str, embeddings: np.ndarray, seed: int):
+    """Unsupervised classifier on benign embeddings ``[N, 64]``: IsolationForest or CBLOF."""
+    if kind == "iforest":
+        from sklearn.ensemble import IsolationForest
+
+        return IsolationForest(n_estimators=200, random_state=seed).fit(embeddings)
+    if kind == "cblof":
+        from pyod.models.cblof import CBLOF
+
+        return CBLOF(n_clusters=8, random_state=seed).fit(embeddings)
+    raise ValueError(f"unknown classifier {kind!r} (iforest | cblof)")
+
+
+def refined_scores(classifier, embeddings: np.ndarray) -> np.ndarray:
+    """Classifier anomaly score per embedding, higher = more anomalous, ``[N]`` float64."""
+    if len(embeddings) == 0:
+        return np.zeros(0)
+    if hasattr(classifier, "score_samples") and not hasattr(classifier, "decision_scores_"):
+        return -classifier.score_samples(embeddings).astype(np.float64)
+    return classifier.decision_function(embeddings).astype(np.float64)
+
+
+def decide(probability: np.ndarray, refined: np.ndarray, threshold: float, config: RearViewConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(score [N], is_anomaly [N])`` from screening ``p`` and ``refined_score`` (module doc)."""
+    suspicious = probability > config.suspicious_p
+    gated = np.where(suspicious, refined, np.minimum(refined, threshold))
+    score = np.maximum(gated, threshold * probability / config.screening_alarm_p)
+    is_anomaly = (probability > config.screening_alarm_p) | (suspicious & (refined > threshold))
+    return score, is_anomaly
+
+
+# -------------------------------------------------------------- training (worker)
+def _graphs_for_stream(src: np.ndarray, dst: np.ndarray, mu: np.ndarray, p: np.ndarray, queue_size: int, evict: int):
+    for start, stop in window_bounds(len(src), queue_size, evict):
+        yield start, stop, session_graph(src[start:stop], dst[start:stop], mu[start:stop], p[start:stop])
+
+
+def refine_stream(src, dst, mu, p, encoder, queue_size: int, evict: int, device: str = "cpu") -> np.ndarray:
+    """Edge embeddings ``[N, 64]`` of a flow stream in replay order, each from its home window."""
+    out = np.zeros((len(src), encoder.out_dim), dtype=np.float32)
+    home = home_window(len(src), queue_size, evict)
+    for window, (start, stop, graph) in enumerate(_graphs_for_stream(src, dst, mu, p, queue_size, evict)):
+        z = embed_edges(encoder, graph, device)
+        mine = home[start:stop] == window
+        out[start:stop][mine] = z[mine]
+    return out
+
+
+def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict | None:
+    """``TorchDistributor`` entry point: train every RearView network, write tensors.
+
+    ``inputs_path``: ``.npz`` (no pickle) with ``features [N, F]``, ``condition [N]``,
+    ``is_train [N]``, ``night [N]``, ``src_vertex [N]``, ``dst_vertex [N]``, rows in replay
+    order per night. Writes ``vae``/``kde``/``sage``/``classifier_training`` safetensors
+    into ``out_dir``; returns JSON-able metrics with the calibrated threshold. Only rank 0
+    trains (the data of a few nights fits one device); other ranks return ``None``.
+    """
+    from pipeline.distributed_training import distributed_context
+
+    context = distributed_context(params["device"])
+    if not context.is_main:
+        return None
+    device = context.device
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(params["cpu_threads"])
+    with np.load(inputs_path, allow_pickle=False) as data:
+        x, cond = data["features"], data["condition"]
+        is_train, night = data["is_train"], data["night"]
+        src, dst = data["src_vertex"], data["dst_vertex"]
+    out = Path(out_dir)
+    seed = params["seed"]
+    vae, vae_history = train_cvae(
+        x[is_train], cond[is_train], params["num_conditions"], params["global_condition"],
+        epochs=params["vae_epochs"], learning_rate=params["vae_learning_rate"],
+        batch_size=params["vae_batch_size"], condition_dropout=params["condition_dropout"],
+        seed=seed, device=device,
+    )
+    err, norm, mu = screen_flows(vae, x, cond, device=device)
+    train_rows = np.flatnonzero(is_train)
+    global_ids = np.full(len(train_rows), params["global_condition"])
+    g_err, g_norm, _ = screen_flows(vae, x[train_rows], global_ids, device=device)
+    kde = fit_conditional_kde(
+        np.concatenate([cond[train_rows], global_ids]), np.concatenate([err[train_rows], g_err]),
+        np.concatenate([norm[train_rows], g_norm]), params["num_conditions"], params["kde_bandwidth"],
+    )
+    p = kde_probability(kde, cond, err, norm)
+
+    queue, evict = params["queue_size"], params["evict"]
+    graphs = []
+    for n in np.unique(night):
+        rows = np.flatnonzero((night == n) & is_train)
+        graphs += [g for _, _, g in _graphs_for_stream(src[rows], dst[rows], mu[rows], p[rows], queue, evict)]
+    encoder, dgi_history = train_edge_dgi(
+        graphs, mu.shape[1], epochs=params["sage_epochs"], learning_rate=params["sage_learning_rate"],
+        seed=seed, device=device,
+    )
+    z = np.zeros((len(x), encoder.out_dim), dtype=np.float32)
+    for n in np.unique(night):
+        rows = np.flatnonzero(night == n)
+        z[rows] = refine_stream(src[rows], dst[rows], mu[rows], p[rows], encoder, queue, evict, device)
+
+    classifier = fit_classifier(params["classifier"], z[is_train], seed)
+    validation = ~is_train
+    refined_validation = refined_scores(classifier, z[validation])
+    threshold = float(np.quantile(refined_validation, params["threshold_quantile"]))
+
+    model_store.save_tensors(out / "vae.safetensors", vae.state_dict())
+    model_store.save_tensors(out / "sage.safetensors", encoder.state_dict())
+    model_store.save_tensors(out / "kde.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kde.items()})
+    model_store.save_tensors(out / "classifier_training.safetensors", {"embeddings": torch.from_numpy(z[is_train])})
+    p_val = p[validation]
+    return {
+        "threshold": threshold,
+        "device": device,
+        "train_flows": int(is_train.sum()),
+        "validation_flows": int(validation.sum()),
+        "session_graphs": len(graphs),
+        "vae_loss_first": vae_history[0],
+        "vae_loss_last": vae_history[-1],
+        "dgi_loss_first": dgi_history[0],
+        "dgi_loss_last": dgi_history[-1],
+        "validation_screening_alarm_rate": float((p_val > params["screening_alarm_p"]).mean()),
+        "validation_suspicious_rate": float((p_val > params["suspicious_p"]).mean()),
+        "validation_refined_alarm_rate": float((refined_validation > threshold).mean()),
+    }
+
+
+# ---------------------------------------------------------------- training (driver)
+def _collect(flows_df, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    columns = list(FLOW_COLUMNS) + [c for c in extra if c in flows_df.columns]
+    missing = [c for c in FLOW_COLUMNS if c not in flows_df.columns]
+    if missing:
+        raise ValueError(f"RearView needs flow columns {missing} (pipeline.schema.FLOWS)")
+    return flows_df.select(*columns).toPandas()
+
+
+def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path) -> dict:
+    """Train RearView on the training nights' flows and write the artifact into ``out_dir``.
+
+    ``train_flows_df``: Spark DataFrame with ``pipeline.schema.FLOWS`` columns plus
+    ``date`` (one value per training night). Training runs through
+    ``pipeline.distributed_training.run_training``. Returns JSON-able metrics.
+    """
+    from pipeline.distributed_training import run_training
+
+    out_dir = Path(out_dir)
+    flows = _collect(train_flows_df, extra=("date",))
+    if len(flows) == 0:
+        raise ValueError("train_rearview: no training flows")
+    if "date" not in flows.columns:
+        flows["date"] = pd.to_datetime(flows["first_seen_ms"], unit="ms", utc=True).dt.strftime("%Y-%m-%d")
+    flows = order_flows(flows, by_night=True)
+    night = pd.factorize(flows["date"].astype(str), sort=True)[0].astype(np.int64)
+    is_train = ~validation_mask(night, config.validation_fraction)
+    normalisation = features.fit_normalisation(flows[is_train])
+    vocab = build_condition_vocabulary(flows[is_train], config.min_triplet_sessions)
+    vertices, _ = pd.factorize(pd.concat([flows["src_ip"], flows["dst_ip"]], ignore_index=True))
+    params = {
+        **dataclasses.asdict(config),
+        "device": config.device,
+        "num_conditions": vocab["num_conditions"],
+        "global_condition": vocab["global"],
+        "evict": eviction_count(config.queue_size, config.evict_fraction),
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="rearview-train-"))
+    try:
+        inputs = scratch / "inputs.npz"
+        np.savez(
+            inputs, features=features.apply_normalisation(flows, normalisation),
+            condition=assign_conditions(vocab, flows), is_train=is_train, night=night,
+            src_vertex=vertices[:len(flows)].astype(np.int64), dst_vertex=vertices[len(flows):].astype(np.int64),
+        )
+        log.info("RearView training: %d flows (%d train, %d validation), %d conditions",
+                 len(flows), is_train.sum(), (~is_train).sum(), vocab["num_conditions"])
+        result = run_training(spark, train_rearview_worker, str(inputs), str(out_dir), params,
+                              num_processes=config.num_processes, use_gpu=config.use_gpu)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    model_store.save_json(out_dir / "config.json", dataclasses.asdict(config))
+    model_store.save_json(out_dir / "normalisation.json", normalisation)
+    model_store.save_json(out_dir / "conditions.json", vocab)
+    model_store.save_json(out_dir / "detector.json", {
+        "threshold": result["threshold"], "classifier": config.classifier, "seed": config.seed,
+        "num_features": len(features.FEATURE_COLUMNS),
+        "training_nights": sorted(flows["date"].astype(str).unique().tolist()),
+    })
+    return {**result, "conditions": vocab["num_conditions"],
+            "triplet_conditions": len(vocab["triplet"]),
+            "port_protocol_conditions": len(vocab["port_protocol"]),
+            "protocol_conditions": len(vocab["protocol"])}
+
+
+# ------------------------------------------------------------------------ scoring
+@dataclass(frozen=True)
+class RearViewArtifacts:
+    """A loaded RearView model (weights on CPU, classifier refitted from stored embeddings)."""
+
+    config: RearViewConfig
+    normalisation: dict
+    vocab: dict
+    threshold: float
+    vae: ConditionalVAE
+    kde: dict
+    encoder: AnomalyWeightedEdgeSAGE
+    classifier: object
+
+
+@functools.lru_cache(maxsize=4)
+def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
+    """Load an artifact directory (safetensors + JSON only); cached per process."""
+    path = Path(artifact_dir)
+    missing = [name for name in ARTIFACT_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"RearView artifact {path} lacks {missing}")
+    config = RearViewConfig(**model_store.load_json(path / "config.json"))
+    vocab = model_store.load_json(path / "conditions.json")
+    detector = model_store.load_json(path / "detector.json")
+    vae = ConditionalVAE(detector["num_features"], vocab["num_conditions"])
+    vae.load_state_dict(model_store.load_tensors(path / "vae.safetensors"))
+    vae.eval()
+    kde = {k: v.numpy() for k, v in model_store.load_tensors(path / "kde.safetensors").items()}
+    sage_state = model_store.load_tensors(path / "sage.safetensors")
+    encoder = AnomalyWeightedEdgeSAGE(sage_state["node_linear.weight"].shape[1] // 2,
+                                      node_dim=sage_state["node_linear.weight"].shape[0],
+                                      out_dim=sage_state["edge_linear.weight"].shape[0])
+    encoder.load_state_dict(sage_state)
+    encoder.eval()
+    embeddings = model_store.load_tensors(path / "classifier_training.safetensors")["embeddings"].numpy()
+    classifier = fit_classifier(detector["classifier"], embeddings, detector["seed"])
+    return RearViewArtifacts(config, model_store.load_json(path / "normalisation.json"), vocab,
+                             float(detector["threshold"]), vae, kde, encoder, classifier)
+
+
+def screen(flows: pd.DataFrame, art: RearViewArtifacts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 1 for ``flows``: ``(condition [N], p [N], latent_mean [N, 16])``."""
+    condition = assign_conditions(art.vocab, flows)
+    x = features.apply_normalisation(flows, art.normalisation)
+    err, norm, mu = screen_flows(art.vae, x, condition)
+    return condition, kde_probability(art.kde, condition, err, norm), mu
+
+
+def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, art: RearViewArtifacts) -> pd.DataFrame:
+    refined = refined_scores(art.classifier, z)
+    score, is_anomaly = decide(p, refined, art.threshold, art.config)
+    n = len(flows)
+    out = pd.DataFrame({
+        "flow_id": flows["flow_id"].astype(str).to_numpy(),
+        "src_ip": flows["src_ip"].to_numpy(), "dst_ip": flows["dst_ip"].to_numpy(),
+        "src_port": flows["src_port"].astype("int32").to_numpy(),
+        "dst_port": flows["dst_port"].astype("int32").to_numpy(),
+        "protocol": flows["protocol"].astype("int16").to_numpy(),
+        "first_seen_ms": flows["first_seen_ms"].astype("int64").to_numpy(),
+        "last_seen_ms": flows["last_seen_ms"].astype("int64").to_numpy(),
+        "community_id": flows["community_id"].to_numpy(),
+        "score": score, "threshold": np.full(n, art.threshold), "is_anomaly": is_anomaly,
+        "triplet": triplet_keys(flows).to_numpy(),
+        "screening_probability": p, "refined_score": refined,
+    })
+    return _conform_scores(out)
+
+
+def _conform_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """All ``FLOW_SCORES`` columns in schema order (A2GNN evidence as nulls)."""
+    n = len(frame)
+    columns = {}
+    for field in schema.FLOW_SCORES:
+        if field.name in frame.columns:
+            columns[field.name] = frame[field.name].to_numpy()
+        elif pa.types.is_string(field.type):
+            columns[field.name] = np.full(n, None, dtype=object)
+        elif pa.types.is_integer(field.type):
+            columns[field.name] = pd.array([pd.NA] * n, dtype="Int64")
+        else:
+            columns[field.name] = np.full(n, np.nan)
+    return pd.DataFrame(columns)
+
+
+def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataFrame:
+    """Single-process RearView scoring of one stream of flows (the reference for Spark).
+
+    Returns ``FLOW_SCORES`` columns, rows in replay order.
+    """
+    art = load_artifacts(str(artifact_dir))
+    flows = order_flows(flows)
+    _, p, mu = screen(flows, art)
+    evict = eviction_count(art.config.queue_size, art.config.evict_fraction)
+    z = refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), mu, p,
+                      art.encoder, art.config.queue_size, evict)
+    return _score_rows(flows, p, z, art)
+
+
+def _score_window_group(artifact_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """``applyInPandas`` body: one FIFO window's flows in, its home flows' score rows out."""
+    art = load_artifacts(artifact_dir)
+    torch.set_num_threads(art.config.cpu_threads)
+    frame = frame.sort_values("flow_index", kind="mergesort").reset_index(drop=True)
+    _, p, mu = screen(frame, art)
+    graph = session_graph(frame["src_ip"].to_numpy(), frame["dst_ip"].to_numpy(), mu, p)
+    z = embed_edges(art.encoder, graph)
+    home = (frame["home_window"] == frame["window_id"]).to_numpy()
+    return _score_rows(frame[home].reset_index(drop=True), p[home], z[home], art)
+
+
+def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str):
+    """Score a night's flows with a RearView artifact: Spark DataFrame of ``FLOW_SCORES``.
+
+    Distributed over FIFO windows (``groupBy(window_id).applyInPandas``), each window
+    receiving its full queue context, overlapping its neighbours; equal to
+    :func:`score_flows_local`. ``model_version`` is the artifact's version (the caller
+    writes it as the ``model_version`` partition).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    art = load_artifacts(str(artifact_dir))
+    queue = art.config.queue_size
+    evict = eviction_count(queue, art.config.evict_fraction)
+    selected = flows_df.select(*FLOW_COLUMNS).orderBy("first_seen_ms", "flow_id")
+    indexed_schema = StructType(selected.schema.fields + [StructField("flow_index", LongType(), False)])
+    indexed = spark.createDataFrame(
+        selected.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])), indexed_schema
+    )
+    num_flows = indexed.count()
+    windows = window_count(num_flows, queue, evict)
+    log.info("RearView %s: scoring %d flows in %d FIFO windows", model_version, num_flows, windows)
+    index = F.col("flow_index")
+    first = F.greatest(F.lit(0), F.ceil((index - F.lit(queue - 1)) / F.lit(evict)).cast("long"))
+    last = F.least(F.floor(index / F.lit(evict)).cast("long"), F.lit(max(windows - 1, 0)).cast("long"))
+    replicated = indexed.withColumn("home_window", last).withColumn(
+        "window_id", F.explode(F.sequence(first, last))
+    )
+    path = str(artifact_dir)
+
+    def body(frame: pd.DataFrame) -> pd.DataFrame:
+        return _score_window_group(path, frame)
+
+    return replicated.groupBy("window_id").applyInPandas(body, schema=schema.spark_schema("flow_scores"))

@@ -1,0 +1,126 @@
+"""RearView pipeline glue: conditions, validation split, decision, artifact, distributed scoring."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import rearview_stage as rv
+from pipeline import schema
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _synthetic_flows(num_flows: int, seed: int, start_ms: int = 1_767_225_600_000) -> pd.DataFrame:
+    spec = importlib.util.spec_from_file_location("bench_rearview", REPO_ROOT / "bench" / "bench_rearview.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.synthetic_flows(num_flows, seed=seed, start_ms=start_ms, duration_ms=600_000)
+
+
+def _servers(rows: list[tuple[str, int, int, int]]) -> pd.DataFrame:
+    """(dst_ip, dst_port, protocol, sessions) -> one row per session."""
+    records = [(ip, port, proto) for ip, port, proto, n in rows for _ in range(n)]
+    return pd.DataFrame(records, columns=["dst_ip", "dst_port", "protocol"])
+
+
+def test_rare_triplets_share_port_protocol_then_protocol_then_global_conditions():
+    train = _servers([
+        ("10.0.0.1", 443, 6, 60),          # frequent triplet: own condition
+        ("10.0.0.2", 443, 6, 30),          # rare, but port 443/tcp pools 30 + 25 >= 50
+        ("10.0.0.3", 443, 6, 25),
+        ("10.0.0.4", 22, 6, 10),           # rare, 22/tcp pools only 10: protocol condition
+        ("10.0.0.5", 53, 17, 5),           # rare udp: protocol condition
+    ])
+    vocab = rv.build_condition_vocabulary(train, min_sessions=50)
+    assert list(vocab["triplet"]) == ["10.0.0.1|443|6"]
+    assert list(vocab["port_protocol"]) == ["443|6"]
+    assert sorted(vocab["protocol"]) == ["17", "6"]
+    assert vocab["global"] == vocab["num_conditions"] - 1 == 4
+    scored = _servers([
+        ("10.0.0.1", 443, 6, 1), ("10.0.0.2", 443, 6, 1), ("10.9.9.9", 443, 6, 1),
+        ("10.0.0.4", 22, 6, 1), ("10.9.9.9", 8080, 6, 1), ("10.0.0.5", 53, 17, 1), ("10.0.0.1", 0, 1, 1),
+    ])
+    ids = rv.assign_conditions(vocab, scored)
+    t, pp, p6, p17 = vocab["triplet"]["10.0.0.1|443|6"], vocab["port_protocol"]["443|6"], \
+        vocab["protocol"]["6"], vocab["protocol"]["17"]
+    assert ids.tolist() == [t, pp, pp, p6, p6, p17, vocab["global"]]
+
+
+def test_triplet_names_the_responder_as_server():
+    flows = pd.DataFrame({"src_ip": ["10.0.0.9"], "dst_ip": ["10.0.0.1"], "src_port": [51000],
+                          "dst_port": [443], "protocol": [6]})
+    assert rv.triplet_keys(flows).tolist() == ["10.0.0.1|443|6"]
+
+
+def test_validation_flows_are_the_last_share_of_each_night_in_start_order():
+    nights = np.array([0] * 10 + [1] * 5)
+    mask = rv.validation_mask(nights, 0.2)
+    assert mask.tolist() == [False] * 8 + [True] * 2 + [False] * 4 + [True]
+
+
+def test_anomalous_when_screening_alarms_or_suspicious_and_classifier_flags():
+    config = rv.RearViewConfig()
+    p = np.array([0.10, 0.10, 0.70, 0.70, 0.97])
+    refined = np.array([0.2, 0.9, 0.2, 0.9, 0.2])
+    score, flagged = rv.decide(p, refined, threshold=0.5, config=config)
+    assert flagged.tolist() == [False, False, False, True, True]
+    assert ((score > 0.5) == flagged).all()
+
+
+def test_config_rejects_unknown_classifier():
+    with pytest.raises(ValueError, match="classifier"):
+        rv.RearViewConfig(classifier="svm")
+
+
+@pytest.fixture(scope="module")
+def trained_artifact(spark, tmp_path_factory):
+    night_one = _synthetic_flows(900, seed=1)
+    night_one["date"] = "2026-01-01"
+    night_two = _synthetic_flows(900, seed=2, start_ms=1_767_312_000_000)
+    night_two["date"] = "2026-01-02"
+    config = rv.RearViewConfig(queue_size=200, vae_epochs=2, vae_batch_size=64, sage_epochs=3,
+                               min_triplet_sessions=30)
+    out = tmp_path_factory.mktemp("rearview_artifact")
+    metrics = rv.train_rearview(spark, spark.createDataFrame(pd.concat([night_one, night_two])), config, out)
+    return out, metrics
+
+
+def test_training_writes_only_safetensors_and_json_and_reports_a_threshold(trained_artifact):
+    out, metrics = trained_artifact
+    assert sorted(p.name for p in out.iterdir()) == sorted(rv.ARTIFACT_FILES)
+    assert metrics["validation_flows"] == 360 and metrics["train_flows"] == 1440
+    assert np.isfinite(metrics["threshold"])
+    assert 0.0 <= metrics["validation_refined_alarm_rate"] <= 0.02
+
+
+def test_distributed_scoring_equals_single_process_across_partition_boundaries(spark, trained_artifact):
+    out, _ = trained_artifact
+    night = _synthetic_flows(700, seed=7)
+    night.loc[5, ["bidirectional_bytes", "src2dst_bytes"]] = 5e8    # one absurd flow
+    local = rv.score_flows_local(night, out)
+    frame = spark.createDataFrame(night.sample(frac=1.0, random_state=0)).repartition(3)
+    distributed = rv.score_rearview(spark, frame, out, "test-version").toPandas()
+    distributed = rv.order_flows(distributed)
+    assert list(distributed.columns) == schema.FLOW_SCORES.names
+    assert distributed["flow_id"].tolist() == local["flow_id"].tolist()
+    for column in ("screening_probability", "refined_score", "score", "threshold"):
+        np.testing.assert_allclose(distributed[column], local[column], rtol=1e-5, atol=1e-6, err_msg=column)
+    assert distributed["is_anomaly"].tolist() == local["is_anomaly"].tolist()
+    assert ((local["score"] > local["threshold"]) == local["is_anomaly"]).all()
+    absurd = local["flow_id"] == night.loc[5, "flow_id"]
+    assert local.loc[absurd, "screening_probability"].item() >= 0.9   # reconstruction CDF saturated
+    assert local.loc[absurd, "screening_probability"].item() == local["screening_probability"].max()
+    assert local["is_anomaly"].mean() < 0.2
+
+
+def test_reloading_the_artifact_rebuilds_the_same_classifier(trained_artifact):
+    out, _ = trained_artifact
+    night = _synthetic_flows(300, seed=9)
+    first = rv.score_flows_local(night, out)
+    rv.load_artifacts.cache_clear()
+    second = rv.score_flows_local(night, out)
+    pd.testing.assert_frame_equal(first, second)
