@@ -234,7 +234,7 @@ def results_markdown(summary: dict) -> str:
         lines += ["| detector | family | scored flows | flagged |", "|---|---|---:|---:|"]
     for name, entry in summary["detectors"].items():
         if not entry.get("available"):
-            lines.append(f"| {name} | {entry['family']} | not available |" + " |" * (6 if labelled else 1))
+            lines.append(f"| {name} | {entry['family']} | not available |" + " |" * (5 if labelled else 1))
             continue
         m = entry["metrics"]
         if labelled:

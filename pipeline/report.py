@@ -145,7 +145,7 @@ def _quality_section(summary: dict) -> str:
     )
     for name, entry in summary["detectors"].items():
         if not entry.get("available"):
-            rows.append([_esc(name), _esc(entry["family"]), "not available", "", "", "", "", "", ""])
+            rows.append([_esc(name), _esc(entry["family"]), "–", "no scores for this night", "", "", "", "", ""])
             continue
         m = entry["metrics"]
         f1 = _num(m["f1"])
@@ -256,8 +256,7 @@ def _distributions_section(summary: dict) -> str:
         ax.axis("off")
     fig.tight_layout()
     if labelled:
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper right", ncol=2, fontsize=9, bbox_to_anchor=(1.0, 1.04))
+        axes.flat[0].legend(fontsize=8, loc="best", framealpha=0.9)
     what = "benign vs attack flows" if labelled else "all flows of the night"
     return f"<h2>Score distributions <small>({what})</small></h2>" + _png(fig)
 
@@ -435,10 +434,13 @@ def _atoms_section(spark, warehouse: Path, date: str, summary: dict, config: Rep
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
     fig.tight_layout()
-    legend = (
-        '<p class="note">Blue circles: hosts; squares: flows (red: flagged by '
-        f"{_esc(model or 'no model')}, grey: not flagged); each flow joins its two hosts.</p>"
-    )
+    if model is None:
+        legend = ('<p class="note">No model scores for this night: the largest atoms are drawn. '
+                  "Blue circles: hosts; grey squares: flows; each flow joins its two hosts.</p>")
+    else:
+        legend = ('<p class="note">Atoms holding the most flows flagged by '
+                  f"{_esc(model)}. Blue circles: hosts; squares: flows (red: flagged, grey: not "
+                  "flagged); each flow joins its two hosts.</p>")
     table = _table(["atom", "flows", "flagged", "density", "main hosts", "main services (port/proto)"],
                    table_rows, numeric={1, 2, 3})
     return "<h2>Largest anomalous atoms</h2>" + legend + _png(fig) + table

@@ -61,6 +61,7 @@ def test_unlabelled_night_without_model_scores_still_gets_a_report(spark, tmp_pa
     assert ">260</div><div class=\"label\">flows" in text
     assert ">2</div><div class=\"label\">ingest errors" in text
     assert "busiest first" in text
+    assert "No model scores for this night: the largest atoms are drawn." in text
     assert "10.10.0.81" in text
 
 
