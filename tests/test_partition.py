@@ -1,0 +1,143 @@
+"""Atomicity partitioning: Leiden atoms of the weighted flow graph, per component."""
+from __future__ import annotations
+
+import igraph as ig
+import leidenalg
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import partition
+from pipeline.partition import PartitionConfig
+from pipeline.schema import ATOMS
+
+EDGE_COLUMNS = "src string, dst string, relationship string, weight double"
+
+
+def _planted(blocks, size, seed=0, start=0):
+    """Cliques of ``size`` flows (weight 1) chained by one weak edge (weight 0.05)."""
+    rng = np.random.default_rng(seed)
+    edges, truth = [], {}
+    for block in range(blocks):
+        members = [start + block * size + i for i in range(size)]
+        truth.update({m: block for m in members})
+        edges += [(a, b, 1.0) for i, a in enumerate(members) for b in members[i + 1:] if rng.random() < 0.8]
+        if block:
+            edges.append((members[0] - 1, members[0], 0.05))
+    return edges, truth
+
+
+def _name(i):
+    return f"{i:016x}"
+
+
+def _graph_tables(spark, n_flows, flow_edges, host_edges=()):
+    vertices = [(f"flow:{_name(i)}", "flow") for i in range(n_flows)]
+    vertices += sorted({(h, "host") for h, _ in host_edges})
+    rows = [(f"flow:{_name(a)}", f"flow:{_name(b)}", "similarity", w) for a, b, w in flow_edges]
+    rows += [(h, f"flow:{_name(f)}", "src", 1.0) for h, f in host_edges]
+    return (
+        spark.createDataFrame(vertices, "id string, type string"),
+        spark.createDataFrame(rows, EDGE_COLUMNS),
+    )
+
+
+def _groups(labels):
+    groups = {}
+    for key, label in labels.items():
+        groups.setdefault(label, set()).add(key)
+    return sorted(map(frozenset, groups.values()), key=min)
+
+
+def test_leiden_recovers_a_planted_community_structure():
+    edges, truth = _planted(blocks=4, size=10)
+    a, b, w = (np.array(x) for x in zip(*edges))
+    membership = partition.leiden_membership(40, a, b, w, PartitionConfig())
+    assert _groups(dict(enumerate(membership))) == _groups(truth)
+
+
+def test_higher_rb_resolution_gives_more_smaller_atoms():
+    edges, _ = _planted(blocks=4, size=10)
+    a, b, w = (np.array(x) for x in zip(*edges))
+    coarse = partition.leiden_membership(40, a, b, w, PartitionConfig(quality="rb_configuration", resolution=0.001))
+    fine = partition.leiden_membership(40, a, b, w, PartitionConfig(quality="rb_configuration", resolution=20.0))
+    assert len(set(coarse)) < 4 < len(set(fine))
+
+
+def test_quality_other_than_modularity_or_rb_configuration_is_refused():
+    with pytest.raises(ValueError, match="CPM|not one of"):
+        PartitionConfig(quality="cpm")
+
+
+def test_atom_statistics_of_one_component_by_hand():
+    flows = np.array(["e", "c", "a", "b", "d", "f"])
+    edges = pd.DataFrame(
+        {
+            "a": ["a", "a", "b", "d", "d", "e", "c"],
+            "b": ["b", "c", "c", "e", "f", "f", "d"],
+            "weight": [1.0, 0.5, 0.25, 1.0, 1.0, 1.0, 0.01],  # two triangles, a weak bridge
+        }
+    )
+    atoms = partition.atoms_of_component(flows, edges, PartitionConfig()).set_index("flow_id")
+    assert atoms.loc[["a", "b", "c"], "atom_id"].tolist() == ["atom:a"] * 3
+    assert atoms.loc[["d", "e", "f"], "atom_id"].tolist() == ["atom:d"] * 3
+    assert atoms.loc["a"].drop("atom_id").to_dict() == {
+        "component_id": "component:a", "atom_size": 3, "atom_internal_edges": 3,
+        "atom_density": 1.0, "atom_internal_weight": 1.75,
+    }
+    assert atoms.loc["f", "atom_internal_weight"] == 3.0
+
+
+def test_tiny_components_are_one_atom_each_without_leiden(spark):
+    vertices, edge_df = _graph_tables(spark, 5, [(0, 1, 0.5), (1, 2, 0.25)])
+    atoms = partition.partition_flows(
+        spark, vertices, edge_df, PartitionConfig(tiny_component_size=3)
+    ).toPandas().set_index("flow_id")
+    assert atoms.loc[_name(0)].to_dict() == {
+        "atom_id": f"atom:{_name(0)}", "component_id": f"component:{_name(0)}", "atom_size": 3,
+        "atom_internal_edges": 2, "atom_density": pytest.approx(2 / 3), "atom_internal_weight": 0.75,
+    }
+    assert atoms.loc[_name(4)].to_dict() == {
+        "atom_id": f"atom:{_name(4)}", "component_id": f"component:{_name(4)}", "atom_size": 1,
+        "atom_internal_edges": 0, "atom_density": 0.0, "atom_internal_weight": 0.0,
+    }
+
+
+def test_per_component_atoms_equal_a_whole_graph_leiden_run(spark):
+    left, _ = _planted(blocks=3, size=8, seed=1)
+    right, _ = _planted(blocks=2, size=12, seed=2, start=24)
+    pair = [(48, 49, 0.7)]  # a tiny component; flows 50..54 are isolated
+    edges = left + right + pair
+    vertices, edge_df = _graph_tables(spark, 55, edges)
+    atoms = partition.partition_flows(spark, vertices, edge_df, PartitionConfig()).toPandas()
+    assert list(atoms.columns) == ATOMS.names
+    got = _groups(dict(zip(atoms["flow_id"], atoms["atom_id"])))
+
+    whole = ig.Graph(n=55, edges=[(a, b) for a, b, _ in edges])
+    whole.es["weight"] = [w for _, _, w in edges]
+    expected = leidenalg.find_partition(
+        whole, leidenalg.ModularityVertexPartition, weights="weight", n_iterations=-1, seed=42
+    )
+    assert got == _groups({_name(i): c for i, c in enumerate(expected.membership)})
+
+
+def test_same_input_and_seed_give_the_same_atom_ids_whatever_the_row_order(spark):
+    edges, _ = _planted(blocks=3, size=9, seed=3)
+    vertices, edge_df = _graph_tables(spark, 27, edges)
+    first = partition.partition_flows(spark, vertices, edge_df, PartitionConfig()).toPandas()
+    shuffled_edges = spark.createDataFrame(edge_df.toPandas().sample(frac=1.0, random_state=9), EDGE_COLUMNS)
+    second = partition.partition_flows(spark, vertices.orderBy("id", ascending=False), shuffled_edges, PartitionConfig()).toPandas()
+    key = ["flow_id"]
+    assert first.sort_values(key).reset_index(drop=True).equals(second.sort_values(key).reset_index(drop=True))
+
+
+def test_flows_sharing_a_quiet_host_are_linked_but_a_hub_links_nothing(spark):
+    config = PartitionConfig(max_projection_host_degree=3)
+    host_edges = [("host:quiet", 0), ("host:quiet", 1), ("host:quiet", 2)]
+    host_edges += [("host:hub", i) for i in range(3, 10)]
+    vertices, edge_df = _graph_tables(spark, 10, [], host_edges)
+    projected = partition.project_flow_graph(edge_df, config).toPandas()
+    assert sorted(zip(projected["a"], projected["b"])) == [
+        (_name(0), _name(1)), (_name(0), _name(2)), (_name(1), _name(2)),
+    ]
+    assert projected["weight"].tolist() == [0.5, 0.5, 0.5]
