@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -351,6 +352,11 @@ class FlowAssembler:
     def open_flows(self) -> int:
         return len(self.table)
 
+    @property
+    def pending_flows(self) -> int:
+        """Ended flows not yet taken."""
+        return sum(len(o[0]) for o in self.out)
+
 
 # ------------------------------------------------------------------ partial flow table
 PARTIAL_SCHEMA = pa.schema(
@@ -511,6 +517,7 @@ def _ip_text(version: int, hi: int, lo: int) -> str:
 
 
 _COMMUNITY = None
+logging.getLogger("communityid").setLevel(logging.WARNING)  # it logs every hash at INFO
 
 
 @lru_cache(maxsize=1 << 16)

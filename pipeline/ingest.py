@@ -2,9 +2,10 @@
 
 Spark distributes the files (a DataFrame of paths, one file per task, ``mapInArrow``);
 each file is read streaming (``pipeline.capture.reader``) and assembled into mergeable
-partial flows (``pipeline.flows``). Flows left open at a file's end are merged with the
-next file's flows of the same key (``groupBy(key).applyInPandas``), so rotated files of
-one night give the same flows as one file. Bad files never fail the night: their
+partial flows (``pipeline.flows``). Flows that may straddle a file boundary (left open at
+a file's end, or starting within the idle timeout of a file's first packet) are merged
+per key on the driver, so rotated files of one night give the same flows as one file;
+they are few (bounded by the flows open at rotation times), the rest stay distributed. Bad files never fail the night: their
 problems go to ``ingest_errors`` and a copy of the file to
 ``<warehouse>/quarantine/date=D/``; the archive is only ever read.
 """
@@ -25,14 +26,14 @@ from pipeline import warehouse as store
 from pipeline.capture import decode
 from pipeline.capture.reader import CaptureReader
 from pipeline.flows import (PARTIAL_SCHEMA, R_EOC, FlowAssembler, FlowConfig, finalize,
-                            merge_partial_table, merge_rows)
+                            merge_partial_table)
 
 log = logging.getLogger(__name__)
 
 CAPTURE_NAME = re.compile(r".*\.(pcap|pcapng|cap)(\.gz)?$", re.IGNORECASE)
 DATE_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
-__all__ = ["FlowConfig", "list_capture_files", "process_file", "extract_night",
+__all__ = ["FlowConfig", "FileScan", "list_capture_files", "process_file", "extract_night",
            "extract_night_local"]
 
 
@@ -59,59 +60,80 @@ def _empty_stats(capture_file: str, file_bytes: int) -> dict:
     return stats
 
 
+class FileScan:
+    """One capture file read streaming into partial flows, with its accounting.
+
+    Iterate ``scan.flows()`` for ``flows.PARTIAL_SCHEMA`` tables as flows end (flows open
+    at the end come last with reason ``end_of_capture``); afterwards ``scan.stats`` is
+    one ``schema.INGEST_STATS`` row (``flows`` = this file's flows before cross-file
+    merging) and ``scan.errors`` the ``schema.INGEST_ERRORS`` rows (``quarantine_path``
+    still empty). Memory: one read chunk + the open flows + ``flush_flows`` finished
+    ones. Never raises on bad input.
+    """
+
+    flush_flows = 50_000
+
+    def __init__(self, path: str | Path, capture_file: str, config: FlowConfig = FlowConfig()):
+        self.path = Path(path)
+        self.capture_file = capture_file
+        self.config = config
+        try:
+            file_bytes = self.path.stat().st_size
+        except OSError:
+            file_bytes = 0
+        self.stats = _empty_stats(capture_file, file_bytes)
+        self.errors: list[dict] = []
+
+    def flows(self) -> Iterator[pa.Table]:
+        config, capture_file = self.config, self.capture_file
+        reader = CaptureReader(self.path, chunk_bytes=config.chunk_bytes,
+                               batch_rows=config.batch_rows)
+        assembler = FlowAssembler(config)
+        status_counts = np.zeros(len(schema.SKIP_REASONS) + 1, dtype=np.int64)
+        fragments = flows = 0
+        first_us, last_us = None, None
+        for P in reader.batches():
+            status = P[:, decode.STATUS]
+            status_counts += np.bincount(status, minlength=len(status_counts))
+            fragments += int(np.count_nonzero((status == decode.OK)
+                                              & (P[:, decode.FRAG] != decode.NOT_FRAGMENT)))
+            ts = P[:, decode.TS]
+            first_us = int(ts.min()) if first_us is None else min(first_us, int(ts.min()))
+            last_us = int(ts.max()) if last_us is None else max(last_us, int(ts.max()))
+            assembler.add(P)
+            if assembler.pending_flows >= self.flush_flows:
+                table = assembler.take(capture_file)
+                flows += table.num_rows
+                yield table
+        assembler.finish()
+        table = assembler.take(capture_file)
+        flows += table.num_rows
+        yield table
+        stats, info = self.stats, reader.info
+        stats["file_format"] = info.file_format
+        stats["link_types"] = ",".join(str(t) for t in sorted(info.link_types))
+        stats["packets_read"] = int(status_counts.sum())
+        stats["packets_in_flows"] = int(status_counts[decode.OK])
+        stats["packets_skipped"] = int(status_counts[1:].sum())
+        for i, reason in enumerate(schema.SKIP_REASONS, start=1):
+            stats[f"skipped_{reason}"] = int(status_counts[i])
+        stats["ip_fragment_packets"] = fragments
+        stats["flows"] = flows
+        stats["first_packet_ms"] = None if first_us is None else first_us // 1000
+        stats["last_packet_ms"] = None if last_us is None else last_us // 1000
+        if any(e.fatal for e in info.errors):
+            stats["status"] = "partial" if stats["packets_read"] > 0 else "quarantined"
+        self.errors = [dict(capture_file=capture_file, byte_offset=e.byte_offset,
+                            reason=e.reason, fatal=e.fatal, quarantine_path=None)
+                       for e in info.errors]
+
+
 def process_file(path: str | Path, capture_file: str, config: FlowConfig = FlowConfig()
                  ) -> tuple[pa.Table, dict, list[dict]]:
-    """Read one capture file streaming and assemble its flows.
-
-    Returns ``(partial_flows, stats, errors)``: a ``flows.PARTIAL_SCHEMA`` table (flows
-    open at the end have reason ``end_of_capture``), one ``schema.INGEST_STATS`` row as a
-    dict (``flows`` counts this file's flows before cross-file merging) and
-    ``schema.INGEST_ERRORS`` rows as dicts (``quarantine_path`` still empty). Never
-    raises on bad input.
-    """
-    path = Path(path)
-    try:
-        file_bytes = path.stat().st_size
-    except OSError:
-        file_bytes = 0
-    stats = _empty_stats(capture_file, file_bytes)
-    reader = CaptureReader(path, chunk_bytes=config.chunk_bytes, batch_rows=config.batch_rows)
-    assembler = FlowAssembler(config)
-    status_counts = np.zeros(len(schema.SKIP_REASONS) + 1, dtype=np.int64)
-    fragments = 0
-    first_us, last_us = None, None
-    partials: list[pa.Table] = []
-    for P in reader.batches():
-        status_counts += np.bincount(P[:, decode.STATUS], minlength=len(status_counts))
-        ok = P[:, decode.STATUS] == decode.OK
-        fragments += int(np.count_nonzero(ok & (P[:, decode.FRAG] != decode.NOT_FRAGMENT)))
-        ts = P[:, decode.TS]
-        first_us = int(ts.min()) if first_us is None else min(first_us, int(ts.min()))
-        last_us = int(ts.max()) if last_us is None else max(last_us, int(ts.max()))
-        assembler.add(P)
-        if len(assembler.out) > 64:
-            partials.append(assembler.take(capture_file))
-    assembler.finish()
-    partials.append(assembler.take(capture_file))
-    flows = pa.concat_tables(partials)
-    info = reader.info
-    stats["file_format"] = info.file_format
-    stats["link_types"] = ",".join(str(t) for t in sorted(info.link_types))
-    stats["packets_read"] = int(status_counts.sum())
-    stats["packets_in_flows"] = int(status_counts[decode.OK])
-    stats["packets_skipped"] = int(status_counts[1:].sum())
-    for i, reason in enumerate(schema.SKIP_REASONS, start=1):
-        stats[f"skipped_{reason}"] = int(status_counts[i])
-    stats["ip_fragment_packets"] = fragments
-    stats["flows"] = flows.num_rows
-    stats["first_packet_ms"] = None if first_us is None else first_us // 1000
-    stats["last_packet_ms"] = None if last_us is None else last_us // 1000
-    fatal = any(e.fatal for e in info.errors)
-    if fatal:
-        stats["status"] = "partial" if stats["packets_read"] > 0 else "quarantined"
-    errors = [dict(capture_file=capture_file, byte_offset=e.byte_offset, reason=e.reason,
-                   fatal=e.fatal, quarantine_path=None) for e in info.errors]
-    return flows, stats, errors
+    """``FileScan`` collected: ``(partial_flows, stats, errors)`` for one file."""
+    scan = FileScan(path, capture_file, config)
+    flows = pa.concat_tables(list(scan.flows()))
+    return flows, scan.stats, scan.errors
 
 
 # ------------------------------------------------------------------ Spark plumbing
@@ -120,15 +142,16 @@ TASK_SCHEMA = pa.schema(list(PARTIAL_SCHEMA) + [pa.field(_META, pa.string())])
 """What a file task emits: partial flows, plus one row whose ``meta`` holds stats/errors."""
 
 
-def _task_rows(flows: pa.Table, stats: dict, errors: list[dict]) -> Iterator[pa.RecordBatch]:
-    meta = pa.array([None] * flows.num_rows, type=pa.string())
+def _flow_rows(flows: pa.Table) -> Iterator[pa.RecordBatch]:
     if flows.num_rows:
-        for batch in flows.append_column(_META, meta).to_batches(max_chunksize=50_000):
-            yield batch
-    blob = json.dumps({"stats": stats, "errors": errors})
+        meta = pa.nulls(flows.num_rows, type=pa.string())
+        yield from flows.append_column(_META, meta).to_batches(max_chunksize=50_000)
+
+
+def _meta_row(stats: dict, errors: list[dict]) -> pa.RecordBatch:
     row = {f.name: [None] for f in PARTIAL_SCHEMA}
-    row[_META] = [blob]
-    yield pa.RecordBatch.from_pydict(row, schema=TASK_SCHEMA)
+    row[_META] = [json.dumps({"stats": stats, "errors": errors})]
+    return pa.RecordBatch.from_pydict(row, schema=TASK_SCHEMA)
 
 
 def _file_task(config: FlowConfig):
@@ -136,31 +159,18 @@ def _file_task(config: FlowConfig):
         for batch in batches:
             for path, rel in zip(batch.column("path").to_pylist(),
                                  batch.column("capture_file").to_pylist()):
+                scan = FileScan(path, rel, config)
                 try:
-                    flows, stats, errors = process_file(path, rel, config)
+                    for flows in scan.flows():
+                        yield from _flow_rows(flows)
+                    stats, errors = scan.stats, scan.errors
                 except Exception as exc:  # a bug must not lose the night: report it
                     log.exception("failed on %s", path)
-                    flows = PARTIAL_SCHEMA.empty_table()
-                    stats = _empty_stats(rel, 0)
-                    stats["status"] = "quarantined"
-                    errors = [dict(capture_file=rel, byte_offset=0, fatal=True,
-                                   reason=f"internal error: {type(exc).__name__}: {exc}",
-                                   quarantine_path=None)]
-                yield from _task_rows(flows, stats, errors)
-    return run
-
-
-def _merge_group(config: FlowConfig):
-    import pandas as pd
-
-    columns = [f.name for f in PARTIAL_SCHEMA]
-
-    def run(frame: "pd.DataFrame") -> "pd.DataFrame":
-        rows = frame[columns].to_dict("records")
-        merged = merge_rows(rows, config)
-        out = pd.DataFrame(merged, columns=columns)
-        out["splt"] = [list(map(int, s)) for s in out["splt"]]
-        return out
+                    stats = dict(scan.stats, status="partial")
+                    errors = scan.errors + [dict(
+                        capture_file=rel, byte_offset=0, fatal=True, quarantine_path=None,
+                        reason=f"internal error: {type(exc).__name__}: {exc}")]
+                yield _meta_row(stats, errors)
     return run
 
 
@@ -224,7 +234,6 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
     ``packets_skipped``, ``skipped`` (by reason), ``flows``, ``errors``.
     """
     from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -241,8 +250,7 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
     paths = spark.createDataFrame(
         [(str(f.resolve()), n) for f, n in zip(files, names)], "path string, capture_file string"
     ).repartition(len(files))
-    task_schema = from_arrow_schema(TASK_SCHEMA)
-    emitted = paths.mapInArrow(_file_task(config), task_schema).persist(
+    emitted = paths.mapInArrow(_file_task(config), from_arrow_schema(TASK_SCHEMA)).persist(
         StorageLevel.MEMORY_AND_DISK)
     try:
         metas = [json.loads(r[_META]) for r in
@@ -250,38 +258,35 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
         stats = sorted((m["stats"] for m in metas), key=lambda s: s["capture_file"])
         errors = [e for m in metas for e in m["errors"]]
         partial = emitted.where(F.col(_META).isNull()).drop(_META)
-        key_cols = ["ipver", "proto", "vlan", "k_a0", "k_a1", "k_ap", "k_b0", "k_b1", "k_bp"]
-        a_first = (F.struct("s0", "s1", "sport") <= F.struct("d0", "d1", "dport"))
-        keyed = partial
-        for name, (when_a, when_b) in {"k_a0": ("s0", "d0"), "k_a1": ("s1", "d1"),
-                                       "k_ap": ("sport", "dport"), "k_b0": ("d0", "s0"),
-                                       "k_b1": ("d1", "s1"), "k_bp": ("dport", "sport")}.items():
-            keyed = keyed.withColumn(name, F.when(a_first, F.col(when_a)).otherwise(
-                F.col(when_b)))
-        # a key needs merging only if it has a flow left open at some file's end and
-        # more than one partial flow in the night
-
-        w = Window.partitionBy(*key_cols)
-        keyed = keyed.withColumn("_n", F.count(F.lit(1)).over(w)).withColumn(
-            "_open", F.max((F.col("reason") == R_EOC).cast("int")).over(w))
-        needs = (F.col("_n") > 1) & (F.col("_open") == 1)
-        columns = [f.name for f in PARTIAL_SCHEMA]
-        alone = keyed.where(~needs).select(*columns)
-        merged = keyed.where(needs).select(*columns, *key_cols[3:]).groupBy(*key_cols) \
-            .applyInPandas(_merge_group(config), from_arrow_schema(PARTIAL_SCHEMA))
-        flows = alone.unionByName(merged).mapInArrow(_finalize_task,
-                                                     schema.spark_schema("flows"))
+        # A flow can continue across a file boundary only if it was left open at its
+        # file's end, or starts within the idle timeout of its file's first packet.
+        # Those few "boundary" flows are merged on the driver; the rest are final.
+        idle_us = int(config.idle_timeout_s * 1e6)
+        horizon = {s["capture_file"]: (s["first_packet_ms"] + 1) * 1000 + idle_us
+                   for s in stats if s["first_packet_ms"] is not None}
+        horizon_col = F.lit(None).cast("long")
+        for name, limit in horizon.items():
+            horizon_col = F.when(F.col("capture_file") == name, F.lit(limit)).otherwise(
+                horizon_col)
+        boundary = (F.col("reason") == R_EOC) | (
+            F.col("bidirectional_first_us") < F.coalesce(horizon_col, F.lit(0)))
+        inner = partial.where(~boundary).mapInArrow(_finalize_task, schema.spark_schema("flows"))
+        edge = partial.where(boundary).toArrow()
+        edge = merge_partial_table(edge.cast(PARTIAL_SCHEMA), config)
+        log.info("extract %s: %d boundary flows merged on the driver", date, edge.num_rows)
+        flows = inner
+        if edge.num_rows:
+            flows = inner.unionByName(spark.createDataFrame(
+                finalize(edge), schema=schema.spark_schema("flows")))
         flows_path = store.write_spark_partition(flows, warehouse, "flows", date=date)
     finally:
         emitted.unpersist()
-    flow_table = store.read_arrow_partition(warehouse, "flows", date=date)
-    per_file = dict(zip(*np.unique(np.asarray(flow_table.column("capture_file").to_pylist(),
-                                              dtype=object).astype(str), return_counts=True))) \
-        if flow_table.num_rows else {}
+    counts = spark.read.parquet(str(flows_path)).groupBy("capture_file").count().collect()
+    per_file = {r["capture_file"]: int(r["count"]) for r in counts}
     for s in stats:
-        s["flows"] = int(per_file.get(s["capture_file"], 0))
+        s["flows"] = per_file.get(s["capture_file"], 0)
     _finish_night(archive, date, warehouse, files, stats, errors)
-    summary = _summary(stats, errors, flow_table.num_rows)
+    summary = _summary(stats, errors, sum(per_file.values()))
     log.info("extract %s -> %s: %s", date, flows_path, summary)
     return summary
 

@@ -1,0 +1,193 @@
+"""Night extraction: archive layout, accounting on every shared capture, truth counts,
+bad input through Spark (reported, quarantined, night not failed) and rerun safety."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import struct
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import capture_builder as cb
+from pipeline import schema
+from pipeline.ingest import extract_night, list_capture_files, process_file
+from pipeline.warehouse import read_arrow_partition
+
+DAY = "2026-01-01"
+
+
+def count_records_independently(path: Path) -> int:
+    """Whole records in a (non-gzip) pcap or pcapng, walked with ``struct`` only."""
+    data = path.read_bytes()
+    if data[:4] == b"\x0a\x0d\x0d\x0a":
+        count, pos, order = 0, 0, "<"
+        while pos + 12 <= len(data):
+            if data[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+                order = "<" if data[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            btype, blen = struct.unpack(order + "II", data[pos:pos + 8])
+            if blen < 12 or pos + blen > len(data):
+                break
+            count += btype in (2, 3, 6)
+            pos += blen
+        return count
+    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    count, pos = 0, 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack(order + "I", data[pos + 8:pos + 12])[0]
+        if pos + 16 + caplen > len(data):
+            break
+        count += 1
+        pos += 16 + caplen
+    return count
+
+
+def truth_rows(shared_data: Path) -> list[dict]:
+    with open(shared_data / "truth.tsv", newline="") as fh:
+        return [r for r in csv.DictReader(fh, delimiter="\t") if r["record"] == "night_file"]
+
+
+def canonical_5tuples(flows: pa.Table) -> set:
+    cols = [flows.column(c).to_pylist() for c in schema.FLOW_KEY_COLUMNS]
+    return {tuple(sorted([(s, sp), (d, dp)])) + (p,) for s, d, sp, dp, p in zip(*cols)}
+
+
+def test_list_capture_files_finds_nested_and_compressed_captures_sorted(tmp_path):
+    night = tmp_path / DAY
+    for name in ["b.pcap", "a/z.pcapng", "a/c.cap.gz", "d.pcap.gz", "notes.txt", "x.pcap.bak"]:
+        cb.write(night / name, b"")
+    cb.write(tmp_path / "2026-01-02" / "other.pcap", b"")
+    found = [p.relative_to(night).as_posix() for p in list_capture_files(tmp_path, DAY)]
+    assert found == ["a/c.cap.gz", "a/z.pcapng", "b.pcap", "d.pcap.gz"]
+    assert list_capture_files(tmp_path, "2026-02-01") == []
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        list_capture_files(tmp_path, "01/01/2026")
+
+
+def test_accounting_identity_and_record_counts_hold_on_every_shared_capture(shared_data):
+    files = sorted((shared_data / "captures").iterdir()) + sorted(
+        (shared_data / "archive").rglob("*.pcap*"))
+    assert len(files) > 200
+    formats, links = set(), set()
+    for path in files:
+        _flows, stats, errors = process_file(path, path.name)
+        assert stats["packets_read"] == stats["packets_in_flows"] + stats["packets_skipped"], path
+        assert stats["packets_skipped"] == sum(stats[f"skipped_{r}"] for r in schema.SKIP_REASONS)
+        assert not [e for e in errors if e["fatal"]], (path, errors)
+        if path.suffix != ".gz":
+            assert stats["packets_read"] == count_records_independently(path), path
+        formats.add(stats["file_format"])
+        links.update(stats["link_types"].split(","))
+    assert formats == {"pcap", "pcapng"} and len(links) >= 3
+
+
+def test_packets_and_distinct_5_tuples_match_truth_for_every_archive_file(shared_data):
+    rows = truth_rows(shared_data)
+    assert len(rows) == 5
+    for row in rows:
+        path = shared_data / row["item"]
+        partial, stats, _errors = process_file(path, row["item"])
+        assert stats["packets_read"] == int(row["packets"]), row["item"]
+        from pipeline.flows import finalize
+
+        assert len(canonical_5tuples(finalize(partial))) == int(row["flows_5tuple"]), row["item"]
+        assert stats["first_packet_ms"] == int(float(row["first_ts"]) * 1000)
+
+
+@pytest.mark.slow
+def test_spark_extraction_of_the_rotated_night_matches_truth_and_merges_across_files(
+        spark, shared_data, tmp_path):
+    summary = extract_night(spark, shared_data / "archive", "2026-01-02", tmp_path)
+    truth = {r["item"].removeprefix("archive/"): r for r in truth_rows(shared_data)
+             if r["night"] == "2026-01-02"}
+    stats = read_arrow_partition(tmp_path, "ingest_stats", date="2026-01-02").to_pylist()
+    assert sorted(s["capture_file"] for s in stats) == sorted(truth)
+    for s in stats:
+        assert s["packets_read"] == int(truth[s["capture_file"]]["packets"])
+        assert s["packets_read"] == s["packets_in_flows"] + s["packets_skipped"]
+        assert s["status"] == "ok"
+    flows = read_arrow_partition(tmp_path, "flows", date="2026-01-02")
+    assert flows.schema.equals(schema.FLOWS)
+    assert summary["flows"] == flows.num_rows
+    assert sum(flows.column("bidirectional_packets").to_pylist()) == summary["packets_in_flows"]
+    assert len(set(flows.column("flow_id").to_pylist())) == flows.num_rows
+    # per-file flows (split at rotation) outnumber the night's merged flows
+    per_file = sum(process_file(shared_data / "archive" / name, name)[0].num_rows
+                   for name in truth)
+    assert flows.num_rows < per_file
+    # every distinct 5-tuple of the night is present (README: 3,986)
+    per_file_tuples = set()
+    for name in truth:
+        from pipeline.flows import finalize
+
+        per_file_tuples |= canonical_5tuples(finalize(process_file(
+            shared_data / "archive" / name, name)[0]))
+    assert canonical_5tuples(flows) == per_file_tuples and len(per_file_tuples) == 3986
+
+
+def _bad_archive(root: Path) -> dict[str, bytes]:
+    good = cb.pcap_bytes(cb.tcp_conversation("10.0.0.9", "10.0.0.1", 50000, 80, cb.BASE_TS + 1),
+                         linktype=101)
+    files = {
+        "good.pcap": good,
+        "empty.pcap": b"",
+        "text.pcap": b"this is not a capture\n" * 10,
+        "cut.pcap": cb.pcap_bytes(cb.tcp_conversation("10.0.0.7", "10.0.0.1", 50002, 80,
+                                                      cb.BASE_TS + 1), linktype=101)[:-7],
+        "inflated.pcap": good[:24] + good[24:32] + struct.pack("<I", 0x7FFFFFFF) + good[36:],
+        "bad.pcap.gz": b"\x1f\x8b\x08\x00" + b"\xff" * 40,
+    }
+    for name, data in files.items():
+        cb.write(root / DAY / name, data)
+    return files
+
+
+@pytest.mark.slow
+def test_bad_files_are_reported_and_quarantined_without_failing_the_night(spark, tmp_path):
+    archive, wh = tmp_path / "archive", tmp_path / "wh"
+    files = _bad_archive(archive)
+    digest_before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in archive.rglob("*")
+                     if p.is_file()}
+    summary = extract_night(spark, archive, DAY, wh)
+    stats = {s["capture_file"]: s for s in
+             read_arrow_partition(wh, "ingest_stats", date=DAY).to_pylist()}
+    errors = read_arrow_partition(wh, "ingest_errors", date=DAY).to_pylist()
+    status = {Path(k).name: v["status"] for k, v in stats.items()}
+    assert status == {"good.pcap": "ok", "empty.pcap": "quarantined", "text.pcap": "quarantined",
+                      "cut.pcap": "partial", "inflated.pcap": "quarantined",
+                      "bad.pcap.gz": "quarantined"}
+    assert summary["files"] == 6 and summary["files_bad"] == 5
+    by_file = {Path(e["capture_file"]).name: e for e in errors}
+    assert set(by_file) == {"empty.pcap", "text.pcap", "cut.pcap", "inflated.pcap", "bad.pcap.gz"}
+    assert by_file["inflated.pcap"]["byte_offset"] == 24
+    assert by_file["cut.pcap"]["byte_offset"] > 24
+    for name, err in by_file.items():
+        copy = Path(err["quarantine_path"])
+        assert copy.is_file() and copy.read_bytes() == files[name]
+        assert wh in copy.parents
+    # the valid part of the cut file still gives its flow; the archive is untouched
+    flows = read_arrow_partition(wh, "flows", date=DAY)
+    assert sorted(Path(f).name for f in flows.column("capture_file").to_pylist()) == \
+        ["cut.pcap", "good.pcap"]
+    assert digest_before == {p: hashlib.sha256(p.read_bytes()).hexdigest()
+                             for p in archive.rglob("*") if p.is_file()}
+    for s in stats.values():
+        assert s["packets_read"] == s["packets_in_flows"] + s["packets_skipped"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_night_replaces_exactly_that_night(spark, tmp_path):
+    archive, wh = tmp_path / "archive", tmp_path / "wh"
+    cb.write(archive / DAY / "a.pcap", cb.pcap_bytes(cb.tcp_conversation(
+        "10.0.0.9", "10.0.0.1", 50000, 80, cb.BASE_TS + 1), linktype=101))
+    other = "2026-01-05"
+    cb.write(archive / other / "b.pcap", cb.pcap_bytes(cb.tcp_conversation(
+        "10.0.0.8", "10.0.0.1", 50001, 80, cb.BASE_TS + 4 * 86400), linktype=101))
+    extract_night(spark, archive, other, wh)
+    first = extract_night(spark, archive, DAY, wh)
+    ids_first = read_arrow_partition(wh, "flows", date=DAY).column("flow_id").to_pylist()
+    second = extract_night(spark, archive, DAY, wh)
+    ids_second = read_arrow_partition(wh, "flows", date=DAY).column("flow_id").to_pylist()
+    assert first == second and ids_first == ids_second and len(ids_first) == 1
+    assert read_arrow_partition(wh, "flows", date=other).num_rows == 1
