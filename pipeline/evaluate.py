@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         html = write_report(spark, args.warehouse, args.date, summary, args.out)
         log.info("report: %s", html)
-    print(results_markdown(summary))  # the table is the command's product on stdout
+    sys.stdout.write(results_markdown(summary))
     return 0
 
 

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.labels import BENIGN  # noqa: E402
+from pipeline.labels import BENIGN, label_flows, read_labels  # noqa: E402
 from pipeline.warehouse import read_partition  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -273,6 +273,17 @@ def _read_scores(spark, warehouse: Path, date: str, model: str, summary: dict):
         return None
 
 
+def _truth_column(flows: pd.DataFrame, summary: dict) -> list[str] | None:
+    """The labelled attack kind of each row of ``flows`` when the summary was labelled."""
+    if summary.get("attack_flows_by_kind") is None or not summary.get("labels_file"):
+        return None
+    try:
+        return label_flows(flows, read_labels(summary["labels_file"])).tolist()
+    except (OSError, ValueError) as error:
+        log.warning("labels %s unreadable for the report: %s", summary["labels_file"], error)
+        return None
+
+
 def _top_flows_section(spark, warehouse: Path, date: str, summary: dict, config: ReportConfig) -> str:
     from pyspark.sql import functions as F
 
@@ -287,16 +298,21 @@ def _top_flows_section(spark, warehouse: Path, date: str, summary: dict, config:
             continue
         top = scores.where(F.col("score").isNotNull()).orderBy(F.col("score").desc()).limit(config.top_flows).toPandas()
         evidence = EVIDENCE_COLUMNS.get(model, ())
+        truth = _truth_column(top, summary)
         rows = []
-        for r in top.itertuples(index=False):
+        for i, r in enumerate(top.itertuples(index=False)):
             mark = '<span class="flag">anomaly</span>' if r.is_anomaly else ""
-            rows.append(
-                [_esc(r.flow_id), _esc(f"{r.src_ip}:{r.src_port}"), _esc(f"{r.dst_ip}:{r.dst_port}"),
-                 _num(r.protocol), _time(r.first_seen_ms), _num(r.score, 4), mark]
-                + [_num(getattr(r, c), 3) for c in evidence]
-            )
-        header = ["flow_id", "source", "destination", "proto", "start (UTC)", "score", ""] + list(evidence)
-        numeric = {3, 4, 5} | {7 + i for i, c in enumerate(evidence) if top[c].dtype.kind in "fiu"}
+            row = [_esc(r.flow_id), _esc(f"{r.src_ip}:{r.src_port}"), _esc(f"{r.dst_ip}:{r.dst_port}"),
+                   _num(r.protocol), _time(r.first_seen_ms), _num(r.score, 4), mark]
+            if truth is not None:
+                kind = truth[i]
+                row.append(_esc(kind) if kind == BENIGN else f'<b class="attack">{_esc(kind)}</b>')
+            rows.append(row + [_num(getattr(r, c), 3) for c in evidence])
+        header = ["flow_id", "source", "destination", "proto", "start (UTC)", "score", ""]
+        header += ["label"] if truth is not None else []
+        first_evidence = len(header)
+        header += list(evidence)
+        numeric = {3, 4, 5} | {first_evidence + i for i, c in enumerate(evidence) if top[c].dtype.kind in "fiu"}
         version = summary["detectors"][model].get("model_version")
         parts.append(f"<h3>{_esc(model)} <small>version {_esc(version)}, top {config.top_flows} by score</small></h3>"
                      + _table(header, rows, numeric=numeric))
@@ -513,7 +529,7 @@ tr:hover td{background:#fafbfd}img{max-width:100%}
 .card{background:#f3f5f8;border-radius:6px;padding:10px 16px;min-width:120px}
 .card .value{font-size:20px;font-weight:600}.card .label{font-size:12px;color:#555}
 .row{display:flex;gap:40px;flex-wrap:wrap}.flag{color:#fff;background:#d62728;border-radius:3px;
-padding:0 5px;font-size:11px}code{background:#f3f5f8;padding:0 3px}
+padding:0 5px;font-size:11px}code{background:#f3f5f8;padding:0 3px}b.attack{color:#d62728}
 .scroll{overflow-x:auto}
 """
 

@@ -45,6 +45,9 @@ def test_labelled_report_is_self_contained_and_shows_quality_plots_and_evidence(
         assert f">{column}</th>" in text
     assert f"{SCAN_ATTACKER}:55555" in text
     assert f"{FLOOD_PREFIX}.1" in text
+    # with labels, the top flows carry their ground truth: attacks and the benign false alarms
+    assert '<b class="attack">scan</b>' in text and '<b class="attack">dos</b>' in text
+    assert ">label</th>" in text and "<td class=\"\">benign</td>" in text
 
 
 def test_unlabelled_night_without_model_scores_still_gets_a_report(spark, tmp_path):
