@@ -20,7 +20,9 @@ Times inside are microseconds (int64); sizes are IP bytes.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -82,7 +84,6 @@ END_FIN_SRC, END_FIN_DST, END_RST = 1, 2, 4
 _FLAG_BITS = np.array([0x02, 0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x01], dtype=np.int64)
 """TCP header bits in ``schema.TCP_FLAGS`` order (syn, cwr, ece, urg, ack, psh, rst, fin)."""
 
-KEY_TYPE = types.UniTuple(types.int64, 8)
 FRAG_KEY_TYPE = types.UniTuple(types.int64, 6)
 
 
@@ -94,15 +95,90 @@ def _canonical_key(s0, s1, d0, d1, sp, dp, proto, vlan):
     return (d0, d1, s0, s1, dp, sp, proto, vlan)
 
 
+@njit(inline="always")
+def _hash(key):
+    h = np.uint64(0x243F6A8885A308D3)
+    for k in range(8):
+        h = (h ^ np.uint64(key[k] & 0x7FFFFFFFFFFFFFFF) ^ np.uint64(k if key[k] >= 0 else 97 + k)) \
+            * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return np.int64(h >> np.uint64(1))
+
+
+@njit(inline="always")
+def _find(HK, HV, key):
+    """Position of ``key`` in the open-addressing table, or ``-(empty position) - 1``."""
+    mask = HV.shape[0] - 1
+    i = _hash(key) & mask
+    while HV[i] >= 0:
+        same = True
+        for k in range(8):
+            if HK[i, k] != key[k]:
+                same = False
+                break
+        if same:
+            return i
+        i = (i + 1) & mask
+    return -i - 1
+
+
 @njit(cache=True)
-def _emit(slot, reason, I, F, S, OI, OF, OS, n_out, table, free, n_free):
+def _insert(HK, HV, HN, key, value):
+    pos = _find(HK, HV, key)
+    if pos < 0:
+        pos = -pos - 1
+        HN[0] += 1
+    for k in range(8):
+        HK[pos, k] = key[k]
+    HV[pos] = value
+
+
+@njit(cache=True)
+def _remove(HK, HV, HN, key):
+    """Delete ``key`` (linear probing, backward-shift deletion: no tombstones)."""
+    pos = _find(HK, HV, key)
+    if pos < 0:
+        return
+    HN[0] -= 1
+    mask = HV.shape[0] - 1
+    j = pos
+    while True:
+        j = (j + 1) & mask
+        if HV[j] < 0:
+            break
+        home = _hash((HK[j, 0], HK[j, 1], HK[j, 2], HK[j, 3], HK[j, 4], HK[j, 5], HK[j, 6],
+                      HK[j, 7])) & mask
+        # move j back to pos unless its home lies cyclically in (pos, j]
+        if pos <= j:
+            keep = pos < home <= j
+        else:
+            keep = home > pos or home <= j
+        if not keep:
+            HK[pos] = HK[j]
+            HV[pos] = HV[j]
+            pos = j
+    HV[pos] = -1
+
+
+@njit(cache=True)
+def rehash(HK, HV, NK, NV):
+    """Move every entry of (HK, HV) into the empty, larger (NK, NV)."""
+    dummy = np.zeros(1, dtype=np.int64)
+    for i in range(HV.shape[0]):
+        if HV[i] >= 0:
+            _insert(NK, NV, dummy, (HK[i, 0], HK[i, 1], HK[i, 2], HK[i, 3], HK[i, 4], HK[i, 5],
+                                    HK[i, 6], HK[i, 7]), HV[i])
+
+
+@njit(cache=True)
+def _emit(slot, reason, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free, n_free):
     I[slot, I_REASON] = reason
     OI[n_out] = I[slot]
     OF[n_out] = F[slot]
     OS[n_out] = S[slot]
     key = _canonical_key(I[slot, 0], I[slot, 1], I[slot, 2], I[slot, 3], I[slot, 4],
                          I[slot, 5], I[slot, 6], I[slot, 7])
-    table.pop(key)
+    _remove(HK, HV, HN, key)
     free[n_free] = slot
     return n_out + 1, n_free + 1
 
@@ -151,11 +227,12 @@ def _update_dir(I, F, S, slot, d, ts, size, flags, flag_bits):
 
 
 @njit(cache=True)
-def assemble(P, n, idle_us, active_us, splt_len, table, frags, max_frags,
+def assemble(P, n, idle_us, active_us, splt_len, HK, HV, HN, frags, max_frags,
              I, F, S, free, n_free, OI, OF, OS, flag_bits):
-    """Feed packets ``P[:n]`` (file order) into the open-flow ``table``.
+    """Feed packets ``P[:n]`` (file order) into the open-flow table ``(HK, HV, HN)``.
 
-    ``table`` maps canonical key -> state slot (rows of I/F/S); ``free[:n_free]`` are
+    The table (open addressing: keys ``HK[cap, 8]``, values ``HV[cap]``, -1 = empty,
+    ``HN[0]`` = entries; the caller keeps it at most half full) maps canonical key -> slot (rows of I/F/S); ``free[:n_free]`` are
     unused slots (the caller guarantees ``n_free >= n``). Ended flows are copied to
     ``OI/OF/OS`` (at most one per packet). ``frags`` maps (src, dst, proto, ip id) of a
     first fragment to its ports. Returns ``(n_out, n_free)``.
@@ -187,14 +264,15 @@ def assemble(P, n, idle_us, active_us, splt_len, table, frags, max_frags,
                     dp = ports & 0xFFFF
         flags = P[i, D.FLAGS]
         key = _canonical_key(s0, s1, d0, d1, sp, dp, proto, vlan)
-        slot = table[key] if key in table else np.int64(-1)
+        pos = _find(HK, HV, key)
+        slot = HV[pos] if pos >= 0 else np.int64(-1)
         if slot >= 0:
             if ts - I[slot, I_DIR_BASE + O_LAST] >= idle_us:
-                n_out, n_free = _emit(slot, R_IDLE, I, F, S, OI, OF, OS, n_out, table, free,
+                n_out, n_free = _emit(slot, R_IDLE, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free,
                                       n_free)
                 slot = -1
             elif ts - I[slot, I_DIR_BASE + O_FIRST] >= active_us:
-                n_out, n_free = _emit(slot, R_ACTIVE, I, F, S, OI, OF, OS, n_out, table, free,
+                n_out, n_free = _emit(slot, R_ACTIVE, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free,
                                       n_free)
                 slot = -1
             else:
@@ -202,7 +280,7 @@ def assemble(P, n, idle_us, active_us, splt_len, table, frags, max_frags,
                 closed = (end & END_RST) or (end & 3) == 3
                 if closed and proto == 6 and (flags & 0x12) == 0x02:
                     reason = R_RST if end & END_RST else R_FIN
-                    n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, table,
+                    n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, HK, HV, HN,
                                           free, n_free)
                     slot = -1
         if slot < 0:
@@ -221,7 +299,7 @@ def assemble(P, n, idle_us, active_us, splt_len, table, frags, max_frags,
             I[slot, 8] = P[i, D.IPVER]
             I[slot, I_ICMPT] = P[i, D.ICMPTYPE]
             I[slot, I_ICMPC] = P[i, D.ICMPCODE]
-            table[key] = slot
+            _insert(HK, HV, HN, key, slot)
         forward = s0 == I[slot, 0] and s1 == I[slot, 1] and sp == I[slot, 4]
         if not forward and s0 == d0 and s1 == d1 and sp == dp:
             forward = True
@@ -243,12 +321,13 @@ def assemble(P, n, idle_us, active_us, splt_len, table, frags, max_frags,
 
 
 @njit(cache=True)
-def expire(now_us, idle_us, everything, table, I, F, S, free, n_free, OI, OF, OS):
+def expire(now_us, idle_us, everything, HK, HV, HN, I, F, S, free, n_free, OI, OF, OS):
     """Emit flows idle since ``now_us - idle_us`` (or all, reason end_of_capture)."""
-    slots = np.empty(len(table), dtype=np.int64)
+    slots = np.empty(HN[0], dtype=np.int64)
     m = 0
-    for key, slot in table.items():
-        if everything or now_us - I[slot, I_DIR_BASE + O_LAST] >= idle_us:
+    for pos in range(HV.shape[0]):
+        slot = HV[pos]
+        if slot >= 0 and (everything or now_us - I[slot, I_DIR_BASE + O_LAST] >= idle_us):
             slots[m] = slot
             m += 1
     n_out = 0
@@ -263,7 +342,7 @@ def expire(now_us, idle_us, everything, table, I, F, S, free, n_free, OI, OF, OS
             reason = R_FIN
         else:
             reason = R_IDLE
-        n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, table, free, n_free)
+        n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free, n_free)
     return n_out, n_free
 
 
@@ -275,10 +354,13 @@ class FlowAssembler:
         self.config = config
         self.idle_us = int(config.idle_timeout_s * 1e6)
         self.active_us = int(config.active_timeout_s * 1e6)
-        self.table = Dict.empty(key_type=KEY_TYPE, value_type=types.int64)
+        self.HK = np.zeros((1 << 12, 8), dtype=np.int64)
+        self.HV = np.full(1 << 12, -1, dtype=np.int64)
+        self.HN = np.zeros(1, dtype=np.int64)
         self.frags = Dict.empty(key_type=FRAG_KEY_TYPE, value_type=types.int64)
         self._alloc(1024)
         self.last_scan_us = None
+        self._scratch = None
         self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def _alloc(self, capacity: int) -> None:
@@ -302,8 +384,12 @@ class FlowAssembler:
         self.n_free += len(added)
 
     def _out_buffers(self, rows: int):
-        return (np.empty((rows, NI), np.int64), np.empty((rows, NF), np.float64),
-                np.empty((rows, self.S.shape[1]), np.int32))
+        """Reused scratch rows for ended flows (copied out, so they are never retained)."""
+        if self._scratch is None or len(self._scratch[0]) < rows:
+            rows = max(rows, 1024)
+            self._scratch = (np.empty((rows, NI), np.int64), np.empty((rows, NF), np.float64),
+                             np.empty((rows, self.S.shape[1]), np.int32))
+        return self._scratch
 
     def add(self, P: np.ndarray) -> None:
         """Feed one packet matrix (``decode`` layout)."""
@@ -312,26 +398,34 @@ class FlowAssembler:
             return
         if self.n_free < n:
             self._grow(n - self.n_free)
+        if 2 * (int(self.HN[0]) + n) > len(self.HV):
+            cap = len(self.HV)
+            while 2 * (int(self.HN[0]) + n) > cap:
+                cap *= 2
+            NK, NV = np.zeros((cap, 8), dtype=np.int64), np.full(cap, -1, dtype=np.int64)
+            rehash(self.HK, self.HV, NK, NV)
+            self.HK, self.HV = NK, NV
         OI, OF, OS = self._out_buffers(n)
         n_out, self.n_free = assemble(
-            P, n, self.idle_us, self.active_us, self.config.splt_length, self.table,
+            P, n, self.idle_us, self.active_us, self.config.splt_length, self.HK, self.HV, self.HN,
             self.frags, self.config.max_open_fragments, self.I, self.F, self.S, self.free,
             self.n_free, OI, OF, OS, _FLAG_BITS)
         if n_out:
-            self.out.append((OI[:n_out], OF[:n_out], OS[:n_out]))
+            self.out.append((OI[:n_out].copy(), OF[:n_out].copy(), OS[:n_out].copy()))
         now = int(P[-1, D.TS])
         if self.last_scan_us is None or now - self.last_scan_us >= self.idle_us // 4:
             self._expire(now, everything=False)
             self.last_scan_us = now
 
     def _expire(self, now: int, everything: bool) -> None:
-        if len(self.table) == 0:
+        if self.open_flows == 0:
             return
-        OI, OF, OS = self._out_buffers(len(self.table))
-        n_out, self.n_free = expire(now, self.idle_us, everything, self.table, self.I,
+        OI, OF, OS = self._out_buffers(self.open_flows)
+        n_out, self.n_free = expire(now, self.idle_us, everything, self.HK, self.HV, self.HN,
+                                    self.I,
                                     self.F, self.S, self.free, self.n_free, OI, OF, OS)
         if n_out:
-            self.out.append((OI[:n_out], OF[:n_out], OS[:n_out]))
+            self.out.append((OI[:n_out].copy(), OF[:n_out].copy(), OS[:n_out].copy()))
 
     def finish(self) -> None:
         """Emit every open flow with reason ``end_of_capture``."""
@@ -350,7 +444,7 @@ class FlowAssembler:
 
     @property
     def open_flows(self) -> int:
-        return len(self.table)
+        return int(self.HN[0])
 
     @property
     def pending_flows(self) -> int:
@@ -518,12 +612,37 @@ def _ip_text(version: int, hi: int, lo: int) -> str:
 
 _COMMUNITY = None
 logging.getLogger("communityid").setLevel(logging.WARNING)  # it logs every hash at INFO
+_PORTED = (6, 17, 132)
+
+
+def _packed(version: int, hi: int, lo: int) -> bytes:
+    if version == 6:
+        return (hi & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") + (lo & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+    return (lo & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def community_id_packed(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> str:
+    """Community ID v1, seed 0, for TCP/UDP/SCTP and port-less protocols (not ICMP).
+
+    The spec's byte layout (seed, ordered addresses, protocol, pad, ordered ports) hashed
+    with SHA-1 and base64'd; the ``communityid`` package is the reference it is tested
+    against (``community_id``), this is the same computation without its per-call
+    parsing and logging.
+    """
+    ported = proto in _PORTED
+    if (src, sport if ported else 0) > (dst, dport if ported else 0):
+        src, dst, sport, dport = dst, src, dport, sport
+    data = b"\x00\x00" + src + dst + bytes((proto, 0))
+    if ported:
+        data += struct.pack("!HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 @lru_cache(maxsize=1 << 16)
 def community_id(src: str, dst: str, proto: int, sport: int, dport: int, icmp_type: int,
                  icmp_code: int) -> str | None:
-    """Community ID v1 (seed 0, base64) of one flow; ICMP uses type/code as ports."""
+    """Community ID v1 (seed 0, base64) of one flow with the ``communityid`` package;
+    ICMP/ICMPv6 use type/code as ports."""
     global _COMMUNITY
     import communityid
 
@@ -532,7 +651,7 @@ def community_id(src: str, dst: str, proto: int, sport: int, dport: int, icmp_ty
     try:
         if proto in (1, 58):
             tpl = communityid.FlowTuple(proto, src, dst, icmp_type, icmp_code)
-        elif proto in (6, 17, 132):
+        elif proto in _PORTED:
             tpl = communityid.FlowTuple(proto, src, dst, sport, dport)
         else:
             tpl = communityid.FlowTuple(proto, src, dst)
@@ -561,9 +680,14 @@ def finalize(table: pa.Table) -> pa.Table:
     first_us = col["bidirectional_first_us"]
     out["flow_id"] = [flow_id(src[i], int(sport[i]), dst[i], int(dport[i]), int(proto[i]),
                               int(vlan[i]), int(first_us[i])) for i in range(n)]
-    out["community_id"] = [community_id(src[i], dst[i], int(proto[i]), int(sport[i]),
-                                        int(dport[i]), int(col["icmp_type"][i]),
-                                        int(col["icmp_code"][i])) for i in range(n)]
+    s0, s1, d0, d1 = col["s0"], col["s1"], col["d0"], col["d1"]
+    out["community_id"] = [
+        community_id(src[i], dst[i], int(proto[i]), 0, 0, int(col["icmp_type"][i]),
+                     int(col["icmp_code"][i])) if proto[i] in (1, 58) else
+        community_id_packed(int(proto[i]), _packed(int(ipver[i]), int(s0[i]), int(s1[i])),
+                            _packed(int(ipver[i]), int(d0[i]), int(d1[i])), int(sport[i]),
+                            int(dport[i]))
+        for i in range(n)]
     out["ip_version"] = ipver
     out["src_ip"], out["dst_ip"] = src, dst
     out["src_port"], out["dst_port"], out["protocol"] = sport, dport, proto

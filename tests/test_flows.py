@@ -219,3 +219,30 @@ def test_flow_columns_follow_the_schema_and_sizes_are_ip_bytes(tmp_path):
     assert table.schema.equals(schema.FLOWS)
     assert table.column("bidirectional_bytes").to_pylist() == [20 + 8 + 3]
     assert math.isclose(table.column("first_seen_ms")[0].as_py(), T0 * 1000)
+
+
+def test_fast_community_id_equals_the_communityid_package_on_a_real_night(shared_data):
+    import ipaddress
+
+    from pipeline.flows import community_id_packed
+
+    path = shared_data / "archive" / "2026-01-03" / "lan-20260103.pcap"
+    flows = finalize(process_file(path, path.name)[0]).to_pandas()
+    extra = pd.DataFrame({"src_ip": ["2001:db8::1", "10.0.0.1", "10.0.0.2"],
+                          "dst_ip": ["2001:db8::2", "10.0.0.2", "10.0.0.1"],
+                          "protocol": [17, 47, 6], "src_port": [53, 0, 80],
+                          "dst_port": [40000, 0, 50000]})
+    rows = pd.concat([flows[extra.columns], extra], ignore_index=True)
+    rows = rows[~rows.protocol.isin([1, 58])]
+    assert len(rows) > 3000
+    for r in rows.itertuples():
+        fast = community_id_packed(int(r.protocol), ipaddress.ip_address(r.src_ip).packed,
+                                   ipaddress.ip_address(r.dst_ip).packed, int(r.src_port),
+                                   int(r.dst_port))
+        assert fast == community_id(r.src_ip, r.dst_ip, int(r.protocol), int(r.src_port),
+                                    int(r.dst_port), 0, 0), r
+    by_flow = flows.set_index("flow_id")
+    sample = flows[~flows.protocol.isin([1, 58])].head(200)
+    for r in sample.itertuples():
+        assert by_flow.loc[r.flow_id, "community_id"] == community_id(
+            r.src_ip, r.dst_ip, int(r.protocol), int(r.src_port), int(r.dst_port), 0, 0)
