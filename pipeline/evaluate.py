@@ -254,12 +254,13 @@ def results_markdown(summary: dict) -> str:
         for kind in attack:
             cells = []
             for name in available:
-                pk = summary["detectors"][name]["per_kind"][kind]
+                pk = (summary["detectors"][name].get("per_kind") or {}).get(kind, {"recall": 0.0, "detected": 0})
                 cells.append(f"{pk['recall']:.2f} ({pk['detected']})")
             lines.append(f"| {kind} | {summary['attack_flows_by_kind'][kind]} | " + " | ".join(cells) + " |")
         benign = []
         for name in available:
-            pk = summary["detectors"][name]["per_kind"].get(BENIGN, {"flagged": 0, "false_positive_rate": 0.0})
+            pk = (summary["detectors"][name].get("per_kind") or {}).get(
+                BENIGN, {"flagged": 0, "false_positive_rate": 0.0})
             benign.append(f"{pk['false_positive_rate']:.3f} ({pk['flagged']})")
         lines.append(f"| benign (false alarms) | {summary['attack_flows_by_kind'].get(BENIGN, 0)} | " + " | ".join(benign) + " |")
     return "\n".join(lines) + "\n"

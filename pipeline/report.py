@@ -164,12 +164,12 @@ def _quality_section(summary: dict) -> str:
     for kind in kinds:
         cells = [_esc(kind), _num(summary["attack_flows_by_kind"][kind])]
         for entry in available.values():
-            pk = entry["per_kind"][kind]
+            pk = (entry.get("per_kind") or {}).get(kind, {"recall": 0.0, "detected": 0})
             cells.append(f"{pk['recall']:.2f} <small>({pk['detected']})</small>")
         kind_rows.append(cells)
     benign_cells = [_esc("benign: false alarms"), _num(summary["attack_flows_by_kind"].get(BENIGN, 0))]
     for entry in available.values():
-        pk = entry["per_kind"].get(BENIGN, {"flagged": 0, "false_positive_rate": 0.0})
+        pk = (entry.get("per_kind") or {}).get(BENIGN, {"flagged": 0, "false_positive_rate": 0.0})
         benign_cells.append(f"{pk['false_positive_rate']:.3f} <small>({pk['flagged']})</small>")
     kind_rows.append(benign_cells)
     per_kind = _table(["attack kind", "flows"] + list(available), kind_rows)
@@ -226,7 +226,7 @@ def _curves_figure(available: dict[str, dict]) -> str:
 
 
 def _distributions_section(summary: dict) -> str:
-    available = [(n, e) for n, e in _available(summary).items() if e["histogram"]["edges"]]
+    available = [(n, e) for n, e in _available(summary).items() if (e.get("histogram") or {}).get("edges")]
     if not available:
         return "<h2>Score distributions</h2><p class='note'>No scores for this night.</p>"
     labelled = summary.get("attack_flows_by_kind") is not None

@@ -83,3 +83,17 @@ def test_atom_layout_puts_every_flow_between_its_two_hosts():
     assert len({tuple(p.round(6)) for p in parallel}) == 3
     centre = sum(parallel) / 3
     assert ((centre - (a + b) / 2).abs() < 1e-9).all()
+
+
+def test_an_extra_detector_entry_without_plot_data_is_tabled_not_fatal(spark, labelled_report, tmp_path):
+    """``pipeline.results`` adds entries (e.g. a model's first stage) with metrics only."""
+    path, summary = labelled_report
+    a2gnn = summary["detectors"]["a2gnn"]
+    extra = {"family": "model stage", "available": True, "scored_flows": a2gnn["scored_flows"],
+             "flagged": a2gnn["flagged"], "threshold": 0.6, "metrics": a2gnn["metrics"],
+             "per_kind": {"scan": a2gnn["per_kind"]["scan"]}}
+    summary = {**summary, "detectors": {"a2gnn (stage one)": extra, **summary["detectors"]}}
+    warehouse = path.parent.parent / "warehouse"
+    text = write_report(spark, warehouse, TEST_DATE, summary, tmp_path / "out").read_text()
+    assert "<td class=\"\">a2gnn (stage one)</td>" in text
+    assert text.count("data:image/png;base64,") == 3
