@@ -52,6 +52,8 @@ class A2GNNConfig:
     ``contrastive_sample`` flows of a batch (its ``2N x 2N`` similarity matrix bounds
     memory). ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     ``num_processes``/``use_gpu``/``local_mode`` go to TorchDistributor.
+    ``calibration``: which training scores the EVT threshold is fitted on (see
+    :func:`fit_detector`).
     ``cpu_threads``: torch intra-op threads of a training worker (0 = torch's default;
     on a shared, busy machine 1 avoids spin-waiting threads; results are bit-identical
     only for the same thread count).
@@ -80,6 +82,7 @@ class A2GNNConfig:
     use_gpu: bool = False
     local_mode: bool = True
     cpu_threads: int = 0
+    calibration: str = "in_sample"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -333,9 +336,13 @@ def atom_anchors(embeddings: np.ndarray, atom: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def nearest_anchor(
-    embeddings: np.ndarray, anchors: np.ndarray, chunk: int = 8192
+    embeddings: np.ndarray, anchors: np.ndarray, chunk: int = 8192,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(distance [N] float64, index [N] int64)`` of each embedding's nearest anchor.
+
+    ``exclude [N]`` (optional): an anchor index per row that row may not use (its own
+    atom, for out-of-sample training scores); needs at least two anchors.
 
     The arg-min comes from the matrix form ``|z|^2 + |a|^2 - 2 z.a`` (one GEMM per
     chunk of ``chunk`` rows, memory ``chunk x A``); the returned distance is then
@@ -343,12 +350,17 @@ def nearest_anchor(
     """
     if anchors.shape[0] == 0:
         raise ValueError("no anchors: the model was trained on zero atoms")
+    if exclude is not None and anchors.shape[0] < 2:
+        raise ValueError("cannot exclude a row's own anchor when there is only one anchor")
     anchor_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
     anchor_sq = (anchor_t * anchor_t).sum(dim=1)
     index = np.empty(embeddings.shape[0], dtype=np.int64)
     for start in range(0, embeddings.shape[0], chunk):
         block = torch.from_numpy(np.ascontiguousarray(embeddings[start:start + chunk], dtype=np.float32))
         squared = anchor_sq.unsqueeze(0) - 2.0 * block @ anchor_t.T  # + |z|^2, constant per row
+        if exclude is not None:
+            rows = torch.arange(squared.shape[0])
+            squared[rows, torch.from_numpy(exclude[start:start + chunk])] = float("inf")
         index[start:start + chunk] = squared.argmin(dim=1).numpy()
     difference = np.asarray(embeddings, dtype=np.float64) - anchors[index].astype(np.float64)
     return np.sqrt((difference * difference).sum(axis=1)), index
@@ -357,11 +369,20 @@ def nearest_anchor(
 def fit_detector(model: A2GNN, graph: AtomGraph, config: A2GNNConfig) -> dict:
     """Anchors, training scores and the EVT threshold of a trained model.
 
-    Returns ``{"anchors" [A, D] float32, "train_scores" [N] float64, "threshold" float}``.
+    ``config.calibration``: ``in_sample`` (authors: a training flow's score may use its
+    own atom's anchor, so a singleton atom scores 0) or ``own_atom_out`` (the score of a
+    training flow is its distance to the nearest anchor of *another* atom, which is what a
+    flow of a new night faces). Returns ``{"anchors" [A, D] float32, "train_scores" [N]
+    float64, "threshold" float}``.
     """
     z = embed(model, graph, config)
     anchors = atom_anchors(z, graph.atom)
-    scores, _ = nearest_anchor(z, anchors)
+    if config.calibration == "own_atom_out" and anchors.shape[0] > 1:
+        scores, _ = nearest_anchor(z, anchors, exclude=graph.atom)
+    elif config.calibration in ("in_sample", "own_atom_out"):
+        scores, _ = nearest_anchor(z, anchors)
+    else:
+        raise ValueError(f"calibration {config.calibration!r} is not in_sample or own_atom_out")
     threshold = evt_threshold(scores, config.evt_quantile, config.evt_risk)
     return {"anchors": anchors, "train_scores": scores, "threshold": threshold}
 

@@ -179,3 +179,25 @@ def test_an_outlying_flow_scores_above_the_training_threshold(trained):
 def test_atom_graph_rejects_edges_pointing_past_the_last_flow():
     with pytest.raises(ValueError, match="edge_index"):
         AtomGraph(np.zeros((2, 3), np.float32), np.array([0, 0]), np.array([[0], [5]]))
+
+
+def test_nearest_anchor_can_exclude_each_rows_own_anchor():
+    z = np.array([[0.0, 0.0], [10.0, 0.0]])
+    anchors = np.array([[0.0, 0.0], [10.0, 0.0], [3.0, 4.0]])
+
+    distance, index = nearest_anchor(z, anchors, exclude=np.array([0, 1]))
+
+    assert index.tolist() == [2, 2]
+    np.testing.assert_allclose(distance, [5.0, np.hypot(7.0, 4.0)])
+
+
+def test_own_atom_out_calibration_scores_every_training_flow_at_least_as_high_as_in_sample(trained):
+    graph, model = trained
+    in_sample = fit_detector(model, graph, TINY)
+    held_out = fit_detector(model, graph, A2GNNConfig(**{**TINY.to_dict(), "calibration": "own_atom_out"}))
+
+    singletons = np.isin(graph.atom, np.flatnonzero(graph.atom_sizes() == 1))
+    assert np.all(held_out["train_scores"] >= in_sample["train_scores"] - 1e-9)
+    assert np.all(in_sample["train_scores"][singletons] < 1e-5)
+    assert np.all(held_out["train_scores"][singletons] > 0.0)
+    assert held_out["threshold"] >= in_sample["threshold"]
