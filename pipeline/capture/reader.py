@@ -51,6 +51,8 @@ class CaptureInfo:
     file_format: str = "unknown"
     link_types: set[int] = field(default_factory=set)
     errors: list[CaptureError] = field(default_factory=list)
+    complete: bool = False
+    """True when the file was read to its end without a fatal error."""
 
 
 class _Stream:
@@ -181,6 +183,8 @@ class CaptureReader:
                     self._error(base, stream.error)
                 elif pending:
                     self._error(base, f"truncated {what}: file ends {len(pending)} bytes into it")
+                else:
+                    self.info.complete = True
                 return
 
     # ------------------------------------------------------------------ pcapng
