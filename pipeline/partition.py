@@ -9,6 +9,12 @@ Projection to the flow graph (vertices: flows; undirected weighted edges):
   Busier hosts (a gateway, a resolver, a popular server) add nothing: that two flows
   touched a hub says little about whether they belong together, and their clique would
   be quadratic. This keeps the projection at most ``(D - 1) x flows`` edges.
+* conversation co-membership: two flows between the same two hosts (in either
+  direction), when that pair has ``2 <= m <= max_projection_pair_flows`` flows, are joined
+  with weight ``1 / (m - 1)``. A scan, a brute-force run or a C2 channel is one host pair
+  with tens of flows, usually between hosts too busy for the rule above; a pair with
+  more flows than the cap (a long-lived poller, a tunnel) adds nothing. At most
+  ``(P - 1) / 2 x flows`` edges.
 
 Parallel weights of one flow pair (e.g. a similarity edge and a shared host) are summed.
 
@@ -55,6 +61,7 @@ class PartitionConfig:
     tiny_component_size: components with at most this many flows are one atom, no Leiden.
     giant_component_size: above this a component is logged as giant (still partitioned).
     max_projection_host_degree: hosts with more flows add no co-membership edges.
+    max_projection_pair_flows: host pairs with more flows add no conversation edges.
     engine: connected-components engine (``auto`` | ``graphframes`` | ``dataframes``).
     leiden_buckets: components are hashed into this many pandas tasks.
     """
@@ -67,6 +74,7 @@ class PartitionConfig:
     tiny_component_size: int = 2
     giant_component_size: int = 200_000
     max_projection_host_degree: int = 32
+    max_projection_pair_flows: int = 128
     engine: str = "auto"
     leiden_buckets: int = 8
 
@@ -191,21 +199,35 @@ def project_flow_graph(edges_df, config: PartitionConfig):
     degree = incidences.groupBy("host").agg(F.count("*").alias("d")).where(
         (F.col("d") >= 2) & (F.col("d") <= config.max_projection_host_degree)
     )
-    members = incidences.join(degree, "host")
-    left, right = members.alias("l"), members.alias("r")
-    shared = (
-        left.join(right, (F.col("l.host") == F.col("r.host")) & (F.col("l.flow") < F.col("r.flow")))
-        .select(
-            F.col("l.flow").alias("a"),
-            F.col("r.flow").alias("b"),
-            (F.lit(1.0) / (F.col("l.d") - 1)).alias("weight"),
-        )
+    shared = _clique_edges(incidences.join(degree, "host"), "host")
+    ends = incidences.groupBy("flow").agg(
+        F.min("host").alias("h1"), F.max("host").alias("h2"), F.count("*").alias("n_hosts")
+    ).where(F.col("n_hosts") == 2)
+    pairs = ends.select("flow", F.concat_ws("|", "h1", "h2").alias("pair"))
+    pair_size = pairs.groupBy("pair").agg(F.count("*").alias("d")).where(
+        (F.col("d") >= 2) & (F.col("d") <= config.max_projection_pair_flows)
     )
+    conversation = _clique_edges(pairs.join(pair_size, "pair"), "pair")
     return (
         semantic.unionByName(shared)
+        .unionByName(conversation)
         .where(F.col("a") != F.col("b"))
         .groupBy("a", "b")
         .agg(F.sum("weight").alias("weight"))
+    )
+
+
+def _clique_edges(members, key: str):
+    """Every flow pair sharing ``key`` (columns key, flow, d), weight ``1 / (d - 1)``."""
+    from pyspark.sql import functions as F
+
+    left, right = members.alias("l"), members.alias("r")
+    return left.join(
+        right, (F.col(f"l.{key}") == F.col(f"r.{key}")) & (F.col("l.flow") < F.col("r.flow"))
+    ).select(
+        F.col("l.flow").alias("a"),
+        F.col("r.flow").alias("b"),
+        (F.lit(1.0) / (F.col("l.d") - 1)).alias("weight"),
     )
 
 

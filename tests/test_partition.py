@@ -141,3 +141,15 @@ def test_flows_sharing_a_quiet_host_are_linked_but_a_hub_links_nothing(spark):
         (_name(0), _name(1)), (_name(0), _name(2)), (_name(1), _name(2)),
     ]
     assert projected["weight"].tolist() == [0.5, 0.5, 0.5]
+
+
+def test_flows_of_one_host_pair_are_linked_unless_the_pair_is_too_busy(spark):
+    config = PartitionConfig(max_projection_host_degree=1, max_projection_pair_flows=3)
+    rows = []
+    for i, (client, server) in enumerate([("a", "b")] * 3 + [("a", "c")] * 4):
+        src, dst = (client, server) if i % 2 else (server, client)  # either direction
+        rows += [(f"host:{src}", f"flow:{_name(i)}", "src", 1.0), (f"flow:{_name(i)}", f"host:{dst}", "dst", 1.0)]
+    projected = partition.project_flow_graph(spark.createDataFrame(rows, EDGE_COLUMNS), config).toPandas()
+    assert sorted(zip(projected["a"], projected["b"], projected["weight"])) == [
+        (_name(0), _name(1), 0.5), (_name(0), _name(2), 0.5), (_name(1), _name(2), 0.5),
+    ]
