@@ -352,7 +352,8 @@ def _anomalous_atoms(spark, warehouse: Path, date: str, summary: dict, config: R
         return None, f"No atom holds a flow flagged by {model}."
     detail = (
         members.join(F.broadcast(ranking.select("atom_id")), "atom_id")
-        .join(flows.select("flow_id", "src_ip", "dst_ip", "dst_port", "protocol"), "flow_id")
+        .join(flows.select("flow_id", "src_ip", "dst_ip", "dst_port", "protocol", "first_seen_ms",
+                           "last_seen_ms"), "flow_id")
         .toPandas()
     )
     return (chosen, detail, model), None
@@ -383,7 +384,7 @@ def atom_layout(atom: pd.DataFrame, seed: int = 7) -> dict[str, tuple[float, flo
         length = math.hypot(dx, dy) or 1.0
         nx_, ny_ = -dy / length, dx / length          # unit normal of the pair
         n = len(group)
-        spacing = min(0.12, 1.2 / max(n, 1)) * (length if a != b else 1.0)
+        spacing = min(0.12, 0.9 / max(n, 1)) * (length if a != b else 1.0)
         mx, my = (xa + xb) / 2, (ya + yb) / 2
         if a == b:                                     # flows from a host to itself
             mx, my, nx_, ny_ = xa + 0.15, ya + 0.15, 1.0, 0.0
@@ -436,17 +437,22 @@ def _atoms_section(spark, warehouse: Path, date: str, summary: dict, config: Rep
     for ax, atom in zip(axes.flat, chosen.itertuples(index=False)):
         members = detail[detail["atom_id"] == atom.atom_id]
         shown = min(len(members), config.max_flows_per_atom_drawing)
-        title = f"atom {atom.atom_id}: {atom.anomalous} of {atom.size} flows flagged"
+        title = f"{atom.atom_id}: {atom.anomalous} of {atom.size} flows flagged"
         if shown < len(members):
             title += f"\n(first {shown} drawn)"
         _atom_drawing(ax, members, config.max_flows_per_atom_drawing, title)
         hosts = pd.concat([members["src_ip"], members["dst_ip"]]).value_counts()
         services = (members["dst_port"].astype(str) + "/" + members["protocol"].astype(str)).value_counts()
-        table_rows.append([
+        row = [
             _esc(atom.atom_id), _num(int(atom.size)), _num(int(atom.anomalous)),
             _num(float(members["atom_density"].max()), 3),
             _esc(", ".join(hosts.index[:4])), _esc(", ".join(services.index[:4])),
-        ])
+        ]
+        truth = _truth_column(members, summary)
+        if truth is not None:
+            counts = pd.Series(truth).value_counts()
+            row.append(_esc(", ".join(f"{k} {n}" for k, n in counts.items())))
+        table_rows.append(row)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
     fig.tight_layout()
@@ -457,8 +463,10 @@ def _atoms_section(spark, warehouse: Path, date: str, summary: dict, config: Rep
         legend = ('<p class="note">Atoms holding the most flows flagged by '
                   f"{_esc(model)}. Blue circles: hosts; squares: flows (red: flagged, grey: not "
                   "flagged); each flow joins its two hosts.</p>")
-    table = _table(["atom", "flows", "flagged", "density", "main hosts", "main services (port/proto)"],
-                   table_rows, numeric={1, 2, 3})
+    header = ["atom", "flows", "flagged", "density", "main hosts", "main services (port/proto)"]
+    if _truth_column(detail.head(0), summary) is not None:
+        header.append("labels (flows)")
+    table = _table(header, table_rows, numeric={1, 2, 3})
     return "<h2>Largest anomalous atoms</h2>" + legend + _png(fig) + table
 
 

@@ -47,6 +47,7 @@ def test_labelled_report_is_self_contained_and_shows_quality_plots_and_evidence(
     assert f"{FLOOD_PREFIX}.1" in text
     # with labels, the top flows carry their ground truth: attacks and the benign false alarms
     assert '<b class="attack">scan</b>' in text and '<b class="attack">dos</b>' in text
+    assert ">labels (flows)</th>" in text and "scan 12" in text   # the scan's atom, by label
     assert ">label</th>" in text and "<td class=\"\">benign</td>" in text
 
 
