@@ -112,8 +112,8 @@ def test_distributed_scoring_equals_single_process_across_partition_boundaries(s
     assert distributed["is_anomaly"].tolist() == local["is_anomaly"].tolist()
     assert ((local["score"] > local["threshold"]) == local["is_anomaly"]).all()
     absurd = local["flow_id"] == night.loc[5, "flow_id"]
-    assert local.loc[absurd, "screening_probability"].item() >= 0.9   # reconstruction CDF saturated
-    assert local.loc[absurd, "screening_probability"].item() == local["screening_probability"].max()
+    # its reconstruction error lies beyond every training error: the recon CDF (weight 0.9) is 1
+    assert local.loc[absurd, "screening_probability"].item() >= 0.9
     assert local["is_anomaly"].mean() < 0.2
 
 
