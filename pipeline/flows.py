@@ -660,12 +660,42 @@ def community_id(src: str, dst: str, proto: int, sport: int, dport: int, icmp_ty
         return None
 
 
-def flow_id(src: str, sport: int, dst: str, dport: int, proto: int, vlan: int,
-            first_us: int) -> str:
-    """16 hex digits: hash of the canonical 5-tuple, VLAN and first packet time (µs)."""
-    a, b = sorted([(src, sport), (dst, dport)])
-    text = f"{a[0]}|{a[1]}|{b[0]}|{b[1]}|{proto}|{vlan}|{first_us}"
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xFF51AFD7ED558CCD)
+_M3 = np.uint64(0xC4CEB9FE1A85EC53)
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser (full avalanche), on uint64 arrays."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * _M2
+    h = h ^ (h >> np.uint64(33))
+    h = h * _M3
+    return h ^ (h >> np.uint64(33))
+
+
+def flow_ids(ipver, s0, s1, sport, d0, d1, dport, proto, vlan, first_us) -> list[str]:
+    """16 hex digits per flow: hash of the canonical endpoints (lower first), protocol,
+    VLAN and first packet time (µs); the same whichever side initiated. int64 arrays in."""
+    less = (s0 < d0) | ((s0 == d0) & ((s1 < d1) | ((s1 == d1) & (sport <= dport))))
+    fields = [ipver, np.where(less, s0, d0), np.where(less, s1, d1),
+              np.where(less, sport, dport), np.where(less, d0, s0), np.where(less, d1, s1),
+              np.where(less, dport, sport), proto, vlan, first_us]
+    h = np.full(len(ipver), 0x243F6A8885A308D3, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for value in fields:
+            h = _fmix((h ^ np.asarray(value).astype(np.int64).view(np.uint64)) * _M1)
+    return [f"{x:016x}" for x in h.tolist()]
+
+
+def _ip_texts(version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Canonical text of each address, formatted once per distinct address."""
+    if len(version) == 0:
+        return np.array([], dtype=object)
+    keys = np.stack([version, hi, lo], axis=1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    texts = np.array([_ip_text(int(v), int(h), int(l)) for v, h, l in unique], dtype=object)
+    return texts[inverse.reshape(-1)]
 
 
 def finalize(table: pa.Table) -> pa.Table:
@@ -674,13 +704,12 @@ def finalize(table: pa.Table) -> pa.Table:
     col = {c: table.column(c).to_numpy(zero_copy_only=False) for c in I_COLS + F_COLS}
     out: dict[str, object] = {}
     ipver = col["ipver"]
-    src = [_ip_text(int(v), int(h), int(l)) for v, h, l in zip(ipver, col["s0"], col["s1"])]
-    dst = [_ip_text(int(v), int(h), int(l)) for v, h, l in zip(ipver, col["d0"], col["d1"])]
+    s0, s1, d0, d1 = col["s0"], col["s1"], col["d0"], col["d1"]
+    src = _ip_texts(ipver, s0, s1)
+    dst = _ip_texts(ipver, d0, d1)
     proto, sport, dport, vlan = col["proto"], col["sport"], col["dport"], col["vlan"]
     first_us = col["bidirectional_first_us"]
-    out["flow_id"] = [flow_id(src[i], int(sport[i]), dst[i], int(dport[i]), int(proto[i]),
-                              int(vlan[i]), int(first_us[i])) for i in range(n)]
-    s0, s1, d0, d1 = col["s0"], col["s1"], col["d0"], col["d1"]
+    out["flow_id"] = flow_ids(ipver, s0, s1, sport, d0, d1, dport, proto, vlan, first_us)
     out["community_id"] = [
         community_id(src[i], dst[i], int(proto[i]), 0, 0, int(col["icmp_type"][i]),
                      int(col["icmp_code"][i])) if proto[i] in (1, 58) else
@@ -689,7 +718,7 @@ def finalize(table: pa.Table) -> pa.Table:
                             int(dport[i]))
         for i in range(n)]
     out["ip_version"] = ipver
-    out["src_ip"], out["dst_ip"] = src, dst
+    out["src_ip"], out["dst_ip"] = src.tolist(), dst.tolist()
     out["src_port"], out["dst_port"], out["protocol"] = sport, dport, proto
     out["vlan_id"] = pa.array(vlan, mask=vlan < 0, type=pa.int32())
     out["first_seen_ms"] = first_us // 1000

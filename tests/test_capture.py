@@ -194,3 +194,10 @@ def test_partially_corrupt_file_keeps_its_valid_part_with_status_partial(tmp_pat
     _flows, stats, errors = process_file(path, "a.pcap")
     assert stats["status"] == "partial" and stats["packets_read"] == 3
     assert errors[0]["byte_offset"] == 24 + 3 * (16 + len(records[0][1]))
+
+
+def test_ipv4_total_length_zero_from_segmentation_offload_uses_the_captured_length(tmp_path):
+    ip = cb.ipv4("10.0.0.1", "10.0.0.2", 6, cb.tcp(1, 2, cb.TCP_ACK, b"z" * 3000), total_length=0)
+    path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, ip)], linktype=101))
+    packets, _ = read_all(path)
+    assert packets[0, D.STATUS] == D.OK and packets[0, D.IPLEN] == len(ip)

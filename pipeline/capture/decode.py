@@ -94,6 +94,8 @@ def _decode_ipv4(b, o, end, P, i):
         return
     ihl = (b[o] & 0x0F) * 4
     total = _u16be(b, o + 2)
+    if total == 0:  # TSO/GSO super-packet captured on the sending host: length unknown
+        total = end - o
     if ihl < 20 or total < ihl:
         P[i, STATUS] = MALFORMED_IP
         return
