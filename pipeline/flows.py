@@ -20,7 +20,7 @@ Times inside are microseconds (int64); sizes are IP bytes.
 """
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import struct
 import ipaddress
@@ -635,7 +635,7 @@ def community_id_packed(proto: int, src: bytes, dst: bytes, sport: int, dport: i
     data = b"\x00\x00" + src + dst + bytes((proto, 0))
     if ported:
         data += struct.pack("!HH", sport, dport)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+    return "1:" + binascii.b2a_base64(hashlib.sha1(data).digest(), newline=False).decode()
 
 
 @lru_cache(maxsize=1 << 16)
@@ -688,14 +688,31 @@ def flow_ids(ipver, s0, s1, sport, d0, d1, dport, proto, vlan, first_us) -> list
     return [f"{x:016x}" for x in h.tolist()]
 
 
-def _ip_texts(version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Canonical text of each address, formatted once per distinct address."""
-    if len(version) == 0:
-        return np.array([], dtype=object)
-    keys = np.stack([version, hi, lo], axis=1)
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    texts = np.array([_ip_text(int(v), int(h), int(l)) for v, h, l in unique], dtype=object)
-    return texts[inverse.reshape(-1)]
+def _ip_texts(version: np.ndarray, hi: np.ndarray, lo: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical text and packed bytes of each address, computed once per distinct one.
+
+    IPv4 addresses are made unique on one int64 (a fast 1-D sort); IPv6 on (hi, lo).
+    """
+    texts = np.empty(len(version), dtype=object)
+    packed = np.empty(len(version), dtype=object)
+    for v in (4, 6):
+        rows = np.flatnonzero(version == v) if v == 6 else np.flatnonzero(version != 6)
+        if len(rows) == 0:
+            continue
+        if v == 4:
+            unique, inverse = np.unique(lo[rows], return_inverse=True)
+            pairs = [(0, int(x)) for x in unique]
+        else:
+            unique, inverse = np.unique(np.stack([hi[rows], lo[rows]], axis=1), axis=0,
+                                        return_inverse=True)
+            pairs = [(int(h), int(l)) for h, l in unique]
+        utext = np.array([_ip_text(v, h, l) for h, l in pairs], dtype=object)
+        upacked = np.array([_packed(v, h, l) for h, l in pairs], dtype=object)
+        inverse = inverse.reshape(-1)
+        texts[rows] = utext[inverse]
+        packed[rows] = upacked[inverse]
+    return texts, packed
 
 
 def finalize(table: pa.Table) -> pa.Table:
@@ -705,17 +722,17 @@ def finalize(table: pa.Table) -> pa.Table:
     out: dict[str, object] = {}
     ipver = col["ipver"]
     s0, s1, d0, d1 = col["s0"], col["s1"], col["d0"], col["d1"]
-    src = _ip_texts(ipver, s0, s1)
-    dst = _ip_texts(ipver, d0, d1)
+    src, src_packed = _ip_texts(ipver, s0, s1)
+    dst, dst_packed = _ip_texts(ipver, d0, d1)
     proto, sport, dport, vlan = col["proto"], col["sport"], col["dport"], col["vlan"]
     first_us = col["bidirectional_first_us"]
     out["flow_id"] = flow_ids(ipver, s0, s1, sport, d0, d1, dport, proto, vlan, first_us)
+    icmp_t, icmp_c = col["icmp_type"], col["icmp_code"]
+    proto_l, sport_l, dport_l = proto.tolist(), sport.tolist(), dport.tolist()
     out["community_id"] = [
-        community_id(src[i], dst[i], int(proto[i]), 0, 0, int(col["icmp_type"][i]),
-                     int(col["icmp_code"][i])) if proto[i] in (1, 58) else
-        community_id_packed(int(proto[i]), _packed(int(ipver[i]), int(s0[i]), int(s1[i])),
-                            _packed(int(ipver[i]), int(d0[i]), int(d1[i])), int(sport[i]),
-                            int(dport[i]))
+        community_id(src[i], dst[i], proto_l[i], 0, 0, int(icmp_t[i]), int(icmp_c[i]))
+        if proto_l[i] in (1, 58) else
+        community_id_packed(proto_l[i], src_packed[i], dst_packed[i], sport_l[i], dport_l[i])
         for i in range(n)]
     out["ip_version"] = ipver
     out["src_ip"], out["dst_ip"] = src.tolist(), dst.tolist()
