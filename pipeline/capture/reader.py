@@ -203,7 +203,6 @@ class CaptureReader:
             arrays["snap"] = np.array(state["snap"] or [0], dtype=np.int64)
 
         refresh()
-        pending_error: list[tuple[int, str]] = []
 
         def kernel(buf, pos, end, P, base):
             n, pos, code, last_ts = decode.walk_pcapng(
@@ -226,7 +225,6 @@ class CaptureReader:
 
         # put the magic back in front: the SHB is parsed like any other
         yield from self._drive(_Prefixed(stream, magic), 0, kernel, "pcapng block")
-        del pending_error
 
     def _parse_shb(self, buf: np.ndarray, pos: int, end: int, state: dict) -> int | None:
         """Parse a Section Header Block at ``pos``: byte order, resets interfaces.
