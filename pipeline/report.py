@@ -140,16 +140,14 @@ def _volumes_section(summary: dict) -> str:
 def _quality_section(summary: dict) -> str:
     available = _available(summary)
     rows = []
-    best_baseline = max(
-        (e["metrics"]["f1"] for e in available.values() if e["family"] == "baseline"), default=None
-    )
+    best_f1 = max((e["metrics"]["f1"] for e in available.values()), default=0.0)
     for name, entry in summary["detectors"].items():
         if not entry.get("available"):
             rows.append([_esc(name), _esc(entry["family"]), "–", "no scores for this night", "", "", "", "", ""])
             continue
         m = entry["metrics"]
         f1 = _num(m["f1"])
-        if best_baseline is not None and m["f1"] == max(e["metrics"]["f1"] for e in available.values()):
+        if best_f1 > 0 and m["f1"] == best_f1:      # the best F1 of the night in bold
             f1 = f"<b>{f1}</b>"
         rows.append([
             _esc(name), _esc(entry["family"]), _num(entry["flagged"]), _num(m["precision"]),
@@ -205,6 +203,9 @@ def _detectors_section(summary: dict) -> str:
 
 
 def _curves_figure(available: dict[str, dict]) -> str:
+    if not any(entry.get("curves") for entry in available.values()):
+        return ('<h3>ROC and precision-recall curves</h3><p class="note">Not drawn: the labels '
+                "mark no attack flow (or no benign flow) on this night, so they are undefined.</p>")
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, entry in available.items():
         c = entry.get("curves")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluate import evaluate_night
-from pipeline.report import atom_layout, write_report
+from pipeline.report import _quality_section, atom_layout, write_report
 from test_evaluate import FLOOD_PREFIX, SCAN_ATTACKER, TEST_DATE, TRAIN_DATES, build_synthetic_warehouse
 
 
@@ -98,3 +98,14 @@ def test_an_extra_detector_entry_without_plot_data_is_tabled_not_fatal(spark, la
     text = write_report(spark, warehouse, TEST_DATE, summary, tmp_path / "out").read_text()
     assert "<td class=\"\">a2gnn (stage one)</td>" in text
     assert text.count("data:image/png;base64,") == 3
+
+
+def test_labelled_night_without_attacks_explains_why_curves_are_missing(spark, labelled_report, tmp_path):
+    warehouse = labelled_report[0].parent.parent / "warehouse"
+    no_attacks = tmp_path / "no_attacks.csv"
+    no_attacks.write_text("attack,a,b,start,end\nscan,192.0.2.1,*,0,1\n")
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, no_attacks, ["a2gnn"])
+    section = _quality_section(summary)
+    assert "Not drawn: the labels mark no attack flow" in section
+    assert "data:image/png" not in section
+    assert "<b>" not in section            # every F1 is 0: nothing to single out
