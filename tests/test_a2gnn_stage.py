@@ -130,3 +130,20 @@ def test_scoring_the_same_night_twice_gives_identical_scores(spark, warehouse, t
     merged = first.merge(second, on="flow_id")
     assert len(merged) == len(first)
     np.testing.assert_array_equal(merged["score_x"].to_numpy(), merged["score_y"].to_numpy())
+
+
+def test_a_flow_unknown_to_the_atoms_table_is_scored_as_its_own_atom_with_null_atom_id(warehouse, trained):
+    from pipeline.a2gnn_stage import load_artifact, score_frame
+    from pipeline.warehouse import read_arrow_partition
+
+    root, _ = warehouse
+    out, _ = trained
+    flows = read_arrow_partition(root, "flows", date="2026-01-03").to_pandas().head(5)
+    frame = flows.assign(atom_id=None, atom_size=None, atom_density=None,
+                         atom_key=["solo:" + f for f in flows["flow_id"]], neighbours=None)
+
+    scores = score_frame(frame, load_artifact(out), "v")
+
+    assert scores["atom_id"].isna().all()
+    assert scores["atom_size"].tolist() == [1] * 5
+    assert (scores["score"] >= 0).all() and scores["nearest_anchor"].notna().all()
