@@ -214,8 +214,8 @@ def _finish_night(archive: Path, date: str, wh: Path, files: list[Path],
     qdir = Path(wh) / "quarantine" / f"date={date}"
     bad = {s["capture_file"] for s in stats if s["status"] != "ok"}
     bad |= {e["capture_file"] for e in errors if e["fatal"]}
-    copies = {name: _quarantine(by_name[name], qdir, name) for name in sorted(bad)
-              if name in by_name}
+    copies = {name: _quarantine(by_name[name], qdir, by_name[name].relative_to(
+        Path(archive) / date).as_posix()) for name in sorted(bad) if name in by_name}
     for e in errors:
         e["quarantine_path"] = copies.get(e["capture_file"])
     stats_table = pa.Table.from_pylist(stats, schema=schema.INGEST_STATS) if stats \

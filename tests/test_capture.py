@@ -201,3 +201,22 @@ def test_ipv4_total_length_zero_from_segmentation_offload_uses_the_captured_leng
     path = cb.write(tmp_path / "a.pcap", cb.pcap_bytes([(cb.BASE_TS, ip)], linktype=101))
     packets, _ = read_all(path)
     assert packets[0, D.STATUS] == D.OK and packets[0, D.IPLEN] == len(ip)
+
+
+def test_pcapng_simple_and_obsolete_packet_blocks_are_read(tmp_path):
+    import struct
+
+    frame = cb.ether(udp4())
+    data = cb.pcapng_bytes([(1, 6)], [(0, cb.BASE_TS + 1.0, frame)])
+    pad = b"\x00" * (-len(frame) % 4)
+    spb_len = 16 + len(frame) + len(pad)
+    spb = struct.pack("<III", 3, spb_len, len(frame)) + frame + pad + struct.pack("<I", spb_len)
+    micros = round((cb.BASE_TS + 2.0) * 1e6)
+    opb_len = 32 + len(frame) + len(pad)
+    opb = struct.pack("<IIHHIIII", 2, opb_len, 0, 0, micros >> 32, micros & 0xFFFFFFFF,
+                      len(frame), len(frame)) + frame + pad + struct.pack("<I", opb_len)
+    packets, info = read_all(cb.write(tmp_path / "a.pcapng", data + spb + opb))
+    assert info.errors == [] and len(packets) == 3
+    assert packets[:, D.STATUS].tolist() == [D.OK] * 3
+    # a simple packet block has no timestamp: it takes the previous packet's
+    assert packets[:, D.TS].tolist() == [round((cb.BASE_TS + 1.0) * 1e6)] * 2 + [micros]
