@@ -71,7 +71,7 @@ class FileScan:
     ones. Never raises on bad input.
     """
 
-    flush_flows = 50_000
+    flush_flows = 10_000
 
     def __init__(self, path: str | Path, capture_file: str, config: FlowConfig = FlowConfig()):
         self.path = Path(path)
