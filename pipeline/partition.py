@@ -56,7 +56,8 @@ class PartitionConfig:
     quality: ``modularity`` or ``rb_configuration`` (never CPM).
     resolution: gamma of RB configuration (1.0 = modularity).
     seed: Leiden's random seed (from conf).
-    n_iterations: Leiden iterations; negative runs until no improvement.
+    n_iterations: Leiden passes (2, leidenalg's default; negative: until no improvement,
+        which cost 25 passes and 12x the time on a 84k-flow component).
     objective_scope: ``graph`` (whole-graph objective, sharding-invariant) or ``component``.
     tiny_component_size: components with at most this many flows are one atom, no Leiden.
     giant_component_size: above this a component is logged as giant (still partitioned).
@@ -69,7 +70,7 @@ class PartitionConfig:
     quality: str = "modularity"
     resolution: float = 1.0
     seed: int = 42
-    n_iterations: int = -1
+    n_iterations: int = 2
     objective_scope: str = "graph"
     tiny_component_size: int = 2
     giant_component_size: int = 200_000
