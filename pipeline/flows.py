@@ -538,6 +538,15 @@ def merge_two(a: dict, b: dict, splt_length: int) -> dict:
     return a
 
 
+def _closed_reason(end_state: int) -> int | None:
+    """``R_RST`` / ``R_FIN`` for a TCP flow closed by RST / FIN both ways, else None."""
+    if end_state & END_RST:
+        return R_RST
+    if end_state & 3 == 3:
+        return R_FIN
+    return None
+
+
 def merge_rows(rows: list[dict], config: FlowConfig) -> list[dict]:
     """Merge one key's partial flows (any order) across file boundaries.
 
@@ -553,12 +562,17 @@ def merge_rows(rows: list[dict], config: FlowConfig) -> list[dict]:
     for row in rows:
         if merged and merged[-1]["reason"] == R_EOC:
             prev = merged[-1]
+            closed = _closed_reason(prev["end_state"])
             gap = row["bidirectional_first_us"] - prev["bidirectional_last_us"]
             span = row["bidirectional_last_us"] - prev["bidirectional_first_us"]
-            if gap < idle_us and span < active_us:
+            reopened = closed is not None and row["bidirectional_syn_packets"] > 0
+            if gap < idle_us and span < active_us and not reopened:
                 merged[-1] = merge_two(prev, row, config.splt_length)
                 continue
-            prev["reason"] = R_IDLE if gap >= idle_us else R_ACTIVE
+            if closed is not None:
+                prev["reason"] = closed
+            else:
+                prev["reason"] = R_IDLE if gap >= idle_us else R_ACTIVE
         merged.append(dict(row))
     return merged
 
@@ -599,6 +613,25 @@ def merge_partial_table(table: pa.Table, config: FlowConfig = FlowConfig()) -> p
                        ignore_index=True) if out_rows else single
     result["splt"] = [list(map(int, s)) for s in result["splt"]]
     return pa.Table.from_pandas(result, schema=PARTIAL_SCHEMA, preserve_index=False)
+
+
+def expire_at_night_end(table: pa.Table, night_last_us: int | None,
+                        config: FlowConfig = FlowConfig()) -> pa.Table:
+    """Final reasons of flows still marked ``end_of_capture`` after merging: ``fin`` /
+    ``rst`` when TCP closed them, ``idle`` when their last packet is an idle timeout or
+    more before the night's last packet (their file just ended first)."""
+    if night_last_us is None or table.num_rows == 0:
+        return table
+    reason = table.column("reason").to_numpy()
+    last = table.column("bidirectional_last_us").to_numpy()
+    end = table.column("end_state").to_numpy()
+    eoc = reason == R_EOC
+    idle = eoc & (night_last_us - last >= int(config.idle_timeout_s * 1e6))
+    updated = np.where(idle, R_IDLE, reason)
+    updated = np.where(eoc & ((end & 3) == 3), R_FIN, updated)
+    updated = np.where(eoc & ((end & END_RST) != 0), R_RST, updated)
+    index = table.column_names.index("reason")
+    return table.set_column(index, "reason", pa.array(updated.astype(np.int64)))
 
 
 # ------------------------------------------------------------------ finalisation

@@ -25,8 +25,8 @@ from pipeline import schema
 from pipeline import warehouse as store
 from pipeline.capture import decode
 from pipeline.capture.reader import CaptureReader
-from pipeline.flows import (PARTIAL_SCHEMA, R_EOC, FlowAssembler, FlowConfig, finalize,
-                            merge_partial_table)
+from pipeline.flows import (PARTIAL_SCHEMA, R_EOC, FlowAssembler, FlowConfig,
+                            expire_at_night_end, finalize, merge_partial_table)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class FileScan:
         stats["flows"] = flows
         stats["first_packet_ms"] = None if first_us is None else first_us // 1000
         stats["last_packet_ms"] = None if last_us is None else last_us // 1000
+        stats["last_packet_us"] = last_us  # not a table column: for the night's end
         if any(e.fatal for e in info.errors):
             stats["status"] = "partial" if stats["packets_read"] > 0 else "quarantined"
         self.errors = [dict(capture_file=capture_file, byte_offset=e.byte_offset,
@@ -191,6 +192,11 @@ def _quarantine(archive_file: Path, quarantine_dir: Path, capture_file: str) -> 
     except OSError as exc:
         log.error("could not quarantine %s: %s", archive_file, exc)
         return None
+
+
+def _night_last_us(stats: list[dict]) -> int | None:
+    ends = [s.get("last_packet_us") for s in stats if s.get("last_packet_us") is not None]
+    return max(ends) if ends else None
 
 
 def _summary(stats: list[dict], errors: list[dict], flows: int) -> dict:
@@ -272,7 +278,8 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
             F.col("bidirectional_first_us") < F.coalesce(horizon_col, F.lit(0)))
         inner = partial.where(~boundary).mapInArrow(_finalize_task, schema.spark_schema("flows"))
         edge = partial.where(boundary).toArrow()
-        edge = merge_partial_table(edge.cast(PARTIAL_SCHEMA), config)
+        edge = expire_at_night_end(merge_partial_table(edge.cast(PARTIAL_SCHEMA), config),
+                                   _night_last_us(stats), config)
         log.info("extract %s: %d boundary flows merged on the driver", date, edge.num_rows)
         flows = inner
         if edge.num_rows:
@@ -303,8 +310,9 @@ def extract_night_local(archive: Path, date: str, warehouse: Path,
         stats.append(st)
         errors.extend(er)
     partial = pa.concat_tables(partials) if partials else PARTIAL_SCHEMA.empty_table()
-    flows_table = finalize(merge_partial_table(partial, config)) if partial.num_rows \
-        else schema.empty_table("flows")
+    flows_table = finalize(expire_at_night_end(merge_partial_table(partial, config),
+                                               _night_last_us(stats), config)) \
+        if partial.num_rows else schema.empty_table("flows")
     per_file: dict[str, int] = {}
     for name in flows_table.column("capture_file").to_pylist():
         per_file[name] = per_file.get(name, 0) + 1

@@ -12,7 +12,7 @@ import pytest
 
 import capture_builder as cb
 from pipeline import schema
-from pipeline.ingest import extract_night, list_capture_files, process_file
+from pipeline.ingest import extract_night, extract_night_local, list_capture_files, process_file
 from pipeline.warehouse import read_arrow_partition
 
 DAY = "2026-01-01"
@@ -124,6 +124,10 @@ def test_spark_extraction_of_the_rotated_night_matches_truth_and_merges_across_f
         per_file_tuples |= canonical_5tuples(finalize(process_file(
             shared_data / "archive" / name, name)[0]))
     assert canonical_5tuples(flows) == per_file_tuples and len(per_file_tuples) == 3986
+    # the Spark path and the single-process path give identical tables
+    extract_night_local(shared_data / "archive", "2026-01-02", tmp_path / "local")
+    local = read_arrow_partition(tmp_path / "local", "flows", date="2026-01-02")
+    assert local.sort_by("flow_id").equals(flows.sort_by("flow_id"))
 
 
 def _bad_archive(root: Path) -> dict[str, bytes]:
