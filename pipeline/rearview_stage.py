@@ -24,11 +24,13 @@ fitted on, and :func:`load_artifacts` refits it deterministically (fixed seed), 
 reproduces the same model with no pickle anywhere.
 
 Decision (stage 3): ``refined_score`` is the classifier's anomaly score of the flow's
-edge embedding. A flow is anomalous when its screening probability ``p`` exceeds
-``screening_alarm_p`` (0.95), or when it is *suspicious* (``p > suspicious_p``, 0.6) and
-``refined_score > threshold``. The row's ``score`` is the refined score (capped at the
-threshold for non-suspicious flows), raised to ``threshold * p / screening_alarm_p``, so
-that ``score > threshold`` exactly when ``is_anomaly``.
+edge embedding. As in the authors' code, a *suspicious* flow (``p > suspicious_p``, 0.6)
+triggers the refinement of its FIFO window: a flow is anomalous when its screening
+probability ``p`` exceeds ``screening_alarm_p`` (0.95), or when its home window was
+triggered and ``refined_score > threshold``. The row's ``score`` is the refined score
+(capped at the threshold in untriggered windows), raised to
+``threshold * p / screening_alarm_p``, so that ``score > threshold`` exactly when
+``is_anomaly``.
 
 Scoring (:func:`score_rearview`) numbers the flows in start order, replicates each flow
 into every FIFO window that contains it (``pipeline.rearview_windows``: consecutive
@@ -201,13 +203,25 @@ def refined_scores(classifier, embeddings: np.ndarray) -> np.ndarray:
     return classifier.decision_function(embeddings).astype(np.float64)
 
 
-def decide(probability: np.ndarray, refined: np.ndarray, threshold: float, config: RearViewConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(score [N], is_anomaly [N])`` from screening ``p`` and ``refined_score`` (module doc)."""
-    suspicious = probability > config.suspicious_p
-    gated = np.where(suspicious, refined, np.minimum(refined, threshold))
+def decide(probability: np.ndarray, refined: np.ndarray, threshold: float, config: RearViewConfig,
+           window_triggered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(score [N], is_anomaly [N])`` from screening ``p`` and ``refined_score``.
+
+    ``window_triggered [N]``: the flow's home window holds at least one suspicious flow
+    (``p > suspicious_p``); only then is the window refined and the classifier's verdict
+    used (the authors' queue trigger), otherwise the flow keeps its screening verdict.
+    """
+    gated = np.where(window_triggered, refined, np.minimum(refined, threshold))
     score = np.maximum(gated, threshold * probability / config.screening_alarm_p)
-    is_anomaly = (probability > config.screening_alarm_p) | (suspicious & (refined > threshold))
+    is_anomaly = (probability > config.screening_alarm_p) | (window_triggered & (refined > threshold))
     return score, is_anomaly
+
+
+def triggered_windows(probability: np.ndarray, queue_size: int, evict: int, suspicious_p: float) -> np.ndarray:
+    """``[N]`` bool per flow (replay order): its home window holds a flow with ``p > suspicious_p``."""
+    bounds = window_bounds(len(probability), queue_size, evict)
+    window_flag = np.array([(probability[a:b] > suspicious_p).any() for a, b in bounds], dtype=bool)
+    return window_flag[home_window(len(probability), queue_size, evict)] if len(bounds) else np.zeros(0, bool)
 
 
 # -------------------------------------------------------------- training (worker)
@@ -420,9 +434,10 @@ def screen(flows: pd.DataFrame, art: RearViewArtifacts) -> tuple[np.ndarray, np.
     return condition, kde_probability(art.kde, condition, err, norm), mu
 
 
-def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, art: RearViewArtifacts) -> pd.DataFrame:
+def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, triggered: np.ndarray,
+                art: RearViewArtifacts) -> pd.DataFrame:
     refined = refined_scores(art.classifier, z)
-    score, is_anomaly = decide(p, refined, art.threshold, art.config)
+    score, is_anomaly = decide(p, refined, art.threshold, art.config, triggered)
     n = len(flows)
     out = pd.DataFrame({
         "flow_id": flows["flow_id"].astype(str).to_numpy(),
@@ -467,7 +482,8 @@ def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataF
     evict = eviction_count(art.config.queue_size, art.config.evict_fraction)
     z = refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), mu, p,
                       art.encoder, art.config.queue_size, evict)
-    return _score_rows(flows, p, z, art)
+    triggered = triggered_windows(p, art.config.queue_size, evict, art.config.suspicious_p)
+    return _score_rows(flows, p, z, triggered, art)
 
 
 def _score_window_group(artifact_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -479,7 +495,8 @@ def _score_window_group(artifact_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
     graph = session_graph(frame["src_ip"].to_numpy(), frame["dst_ip"].to_numpy(), mu, p)
     z = embed_edges(art.encoder, graph)
     home = (frame["home_window"] == frame["window_id"]).to_numpy()
-    return _score_rows(frame[home].reset_index(drop=True), p[home], z[home], art)
+    triggered = np.full(int(home.sum()), bool((p > art.config.suspicious_p).any()))
+    return _score_rows(frame[home].reset_index(drop=True), p[home], z[home], triggered, art)
 
 
 def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str):

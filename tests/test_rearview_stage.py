@@ -62,13 +62,21 @@ def test_validation_flows_are_the_last_share_of_each_night_in_start_order():
     assert mask.tolist() == [False] * 8 + [True] * 2 + [False] * 4 + [True]
 
 
-def test_anomalous_when_screening_alarms_or_suspicious_and_classifier_flags():
+def test_anomalous_when_screening_alarms_or_a_triggered_window_classifier_flags():
     config = rv.RearViewConfig()
-    p = np.array([0.10, 0.10, 0.70, 0.70, 0.97])
-    refined = np.array([0.2, 0.9, 0.2, 0.9, 0.2])
-    score, flagged = rv.decide(p, refined, threshold=0.5, config=config)
-    assert flagged.tolist() == [False, False, False, True, True]
+    p = np.array([0.10, 0.10, 0.10, 0.70, 0.97, 0.97])
+    refined = np.array([0.2, 0.9, 0.9, 0.9, 0.2, 0.2])
+    triggered = np.array([True, True, False, True, True, False])
+    score, flagged = rv.decide(p, refined, threshold=0.5, config=config, window_triggered=triggered)
+    assert flagged.tolist() == [False, True, False, True, True, True]
     assert ((score > 0.5) == flagged).all()
+
+
+def test_a_suspicious_flow_triggers_refinement_of_its_whole_home_window():
+    p = np.array([0.1] * 8 + [0.7] + [0.1] * 11)          # 20 flows, windows of 10, evict 8
+    triggered = rv.triggered_windows(p, queue_size=10, evict=8, suspicious_p=0.6)
+    # windows: [0,10) homes 0-7, [8,18) homes 8-15, [16,20) homes 16-19; flow 8 is in 0 and 1
+    assert triggered.tolist() == [True] * 16 + [False] * 4
 
 
 def test_config_rejects_unknown_classifier():
