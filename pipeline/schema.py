@@ -66,7 +66,7 @@ FLOWS = pa.schema(
 """One row per bidirectional flow.
 
 ``splt_signed_ps``: the first ``SPLT_LENGTH`` packet sizes (IP bytes), positive for
-src->dst and negative for dst->src. ``expiration_reason`` is one of ``idle``,
+src->dst and negative for dst->src. ``vlan_id`` is the outer 802.1Q tag, null for untagged traffic. ``expiration_reason`` is one of ``idle``,
 ``active``, ``fin``, ``rst``, ``end_of_capture``. ``flow_id`` is a 16-hex-digit hash of
 the canonical 5-tuple, VLAN and the first packet's timestamp in microseconds: stable
 across reruns and independent of file boundaries. ``capture_file`` is the archive-relative
@@ -104,7 +104,8 @@ INGEST_STATS = pa.schema(
     ]
 )
 """Per capture file accounting. Identity: packets_read == packets_in_flows + packets_skipped,
-and packets_skipped == sum of the skipped_* columns."""
+and packets_skipped == sum of the skipped_* columns. ``flows`` counts the flows whose first
+packet is in this file, after merging flows that straddle rotated files."""
 
 INGEST_ERRORS = pa.schema(
     [
