@@ -100,14 +100,14 @@ def test_killed_run_resumes_to_the_same_tables(reference_run, tmp_path):
     process = subprocess.Popen(luigi_command("DetectTask", *_detect_args(root), "--local-scheduler"),
                                cwd=REPO_ROOT, env=luigi_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    atoms = warehouse.partition_path(root, "atoms", date=NIGHT)
+    graph = warehouse.partition_path(root, "graph_edges", date=NIGHT)
     deadline = time.monotonic() + 600
-    while not warehouse.is_complete(atoms) and process.poll() is None and time.monotonic() < deadline:
+    while not warehouse.is_complete(graph) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be killed mid-way"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
-    assert not list(root.glob("flow_scores/date=*/model=*/model_version=*/_SUCCESS"))
+    assert not list(root.glob("reports/date=*/*/report.html")), "killed too late: nothing left to resume"
 
     result = run_luigi("DetectTask", *_detect_args(root), "--local-scheduler")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
