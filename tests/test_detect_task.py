@@ -149,3 +149,23 @@ def test_readme_analyst_queries_run_on_published_tables(detected, spark, tmp_pat
     assert all(row.score >= row.threshold for row in top)
     assert all(row.anomalous >= 1 and row.hosts for row in atoms)
     assert {row.uid for row in joined if row.model == "a2gnn"} == {f"C{i}" for i in range(len(known))}
+
+
+def test_backfill_asks_for_every_archived_night_in_range_and_skips_missing_ones(tmp_path):
+    backfill = jobs.BackfillTask(start=dt.date(2025, 12, 31), stop=dt.date(2026, 1, 3),
+                                 archive=str(SAMPLE_ARCHIVE), warehouse=str(tmp_path), models="rearview",
+                                 model_version="")
+    nights = [task.date for task in backfill.requires()]
+    assert nights == [dt.date(2026, 1, 1), dt.date(2026, 1, 2)]
+    assert all(task.models == "rearview" for task in backfill.requires())
+
+
+def test_model_pins_name_their_model():
+    from jobs.detect import parse_pins
+
+    assert parse_pins("v1", ["a2gnn"]) == {"a2gnn": "v1"}
+    assert parse_pins("a2gnn=v1,rearview=v2", ["a2gnn", "rearview"]) == {"a2gnn": "v1", "rearview": "v2"}
+    with pytest.raises(ValueError, match="several models"):
+        parse_pins("v1", ["a2gnn", "rearview"])
+    with pytest.raises(ValueError, match="not run"):
+        parse_pins("rearview=v2", ["a2gnn"])
