@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.append:
             with open(args.append, "a") as handle:
                 handle.write("\n" + table)
+        else:
+            from bench.benchlib import replace_section, stamp
+
+            replace_section("Graph and partition: latest make bench run",
+                            f"{stamp()}\n\nCommand: `python bench/bench_graph.py generated` (part of "
+                            f"`make bench`); analysis in the section above.\n\n{table}")
     else:
         report = run_dev_nights(spark, args.warehouse, args.labels, args.train, args.test)
         print(json.dumps(report, indent=1))

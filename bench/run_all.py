@@ -14,7 +14,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 BENCHMARKS = (  # (script, arguments)
     ("bench_ingest.py", []),
-    ("bench_graph.py", []),
+    ("bench_graph.py", ["generated"]),
     ("bench_a2gnn.py", []),
     ("bench_rearview.py", []),
     ("bench_detect.py", ["--shared-data", "{shared_data}"]),
