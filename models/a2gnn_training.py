@@ -20,8 +20,24 @@ with probability ``feature_mask``; ``tau`` the temperature; all vectors L2-norma
 
 * total ``L = L_fine + coarse_weight * L_coarse``.
 
-Anchors are the mean embedding ``z`` of every training atom; ``score(flow) =
-min_a ||z - anchor_a||_2``; the threshold is EVT peaks-over-threshold on training scores.
+Anchors are the mean embedding ``z`` of every training atom. Detector (see
+:func:`detector_scores`), every statistic calibrated on benign training data only:
+
+* flow term ``d(flow) = min_a ||z - anchor_a||_2``, optionally divided by the nearest
+  anchor's radius (``anchor_scale="radius"``: RMS distance of the anchor's members to it,
+  floored at the median radius of the multi-flow training atoms) so that a diverse
+  benign atom does not set the scale for every other one;
+* atom term (``structure="atom_shift"``, the "coordinated structural anomaly"): for an
+  atom of ``n`` flows with mean embedding ``m``, ``sqrt(n) * d(m)`` (``d`` scaled as
+  above): the displacement of the whole atom from the benign reference in units of its
+  standard error, large for a big cohesive aggregate away from every benign anchor;
+* thresholds: EVT peaks-over-threshold fitted on *calibration* statistics, which are
+  (``calibration``) the training flows themselves (``in_sample``, authors), the training
+  flows against the other atoms' anchors (``own_atom_out``), or atoms held out of
+  training (``holdout_atoms``, a fraction ``holdout_fraction`` of the training atoms
+  that the model never sees and whose anchors are added only after calibration);
+* score: ``d(flow)`` against its EVT threshold (``structure="none"``), or
+  ``max(d(flow) / T_flow, shift(atom) / T_atom)`` against 1 (``structure="atom_shift"``).
 """
 from __future__ import annotations
 
@@ -52,8 +68,11 @@ class A2GNNConfig:
     ``contrastive_sample`` flows of a batch (its ``2N x 2N`` similarity matrix bounds
     memory). ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     ``num_processes``/``use_gpu``/``local_mode`` go to TorchDistributor.
-    ``calibration``: which training scores the EVT threshold is fitted on (see
-    :func:`fit_detector`).
+    ``calibration``: which statistics the EVT thresholds are fitted on (``in_sample``,
+    ``own_atom_out`` or ``holdout_atoms`` with ``holdout_fraction`` of the training
+    atoms held out of training); ``anchor_scale``: ``none`` or ``radius`` (per-anchor
+    spread); ``structure``: ``none`` or ``atom_shift`` (atom-level term), see the module
+    doc and :func:`fit_detector`.
     ``cpu_threads``: torch intra-op threads of a training worker (0 = torch's default;
     on a shared, busy machine 1 avoids spin-waiting threads; results are bit-identical
     only for the same thread count).
@@ -82,7 +101,10 @@ class A2GNNConfig:
     use_gpu: bool = False
     local_mode: bool = True
     cpu_threads: int = 0
-    calibration: str = "in_sample"
+    calibration: str = "holdout_atoms"
+    holdout_fraction: float = 0.2
+    anchor_scale: str = "radius"
+    structure: str = "atom_shift"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -366,25 +388,173 @@ def nearest_anchor(
     return np.sqrt((difference * difference).sum(axis=1)), index
 
 
-def fit_detector(model: A2GNN, graph: AtomGraph, config: A2GNNConfig) -> dict:
-    """Anchors, training scores and the EVT threshold of a trained model.
+CALIBRATIONS = ("in_sample", "own_atom_out", "holdout_atoms")
+ANCHOR_SCALES = ("none", "radius")
+STRUCTURES = ("none", "atom_shift")
 
-    ``config.calibration``: ``in_sample`` (authors: a training flow's score may use its
-    own atom's anchor, so a singleton atom scores 0) or ``own_atom_out`` (the score of a
-    training flow is its distance to the nearest anchor of *another* atom, which is what a
-    flow of a new night faces). Returns ``{"anchors" [A, D] float32, "train_scores" [N]
-    float64, "threshold" float}``.
+
+def check_detector_config(config: A2GNNConfig) -> None:
+    """Raise ``ValueError`` naming the field when a detector option is unknown."""
+    for field, allowed in (("calibration", CALIBRATIONS), ("anchor_scale", ANCHOR_SCALES),
+                           ("structure", STRUCTURES)):
+        if getattr(config, field) not in allowed:
+            raise ValueError(f"A2GNNConfig.{field}={getattr(config, field)!r} is not one of {allowed}")
+    if not 0.0 <= config.holdout_fraction < 1.0:
+        raise ValueError(f"A2GNNConfig.holdout_fraction must lie in [0, 1), got {config.holdout_fraction}")
+
+
+def anchor_radii(embeddings: np.ndarray, atom: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """RMS distance ``[A]`` of each atom's members to its anchor (0 for a singleton).
+
+    ``embeddings [N, D]``, ``atom [N]`` contiguous ids ``0..A-1``, ``anchors [A, D]``.
     """
+    squared = ((np.asarray(embeddings, np.float64) - anchors[atom].astype(np.float64)) ** 2).sum(axis=1)
+    sums = np.bincount(atom, weights=squared, minlength=anchors.shape[0])
+    counts = np.bincount(atom, minlength=anchors.shape[0])
+    return np.sqrt(sums / np.maximum(counts, 1))
+
+
+def anchor_scales(radii: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Per-anchor distance unit ``[A]``: the radius floored at the median radius of the
+    atoms with at least two flows (1.0 when there is none or that median is 0), so a
+    singleton or very tight anchor does not blow distances up.
+    """
+    multi = radii[sizes >= 2]
+    floor = float(np.median(multi)) if multi.size else 1.0
+    floor = floor if floor > 0.0 else 1.0
+    return np.maximum(radii, floor)
+
+
+def atom_shift(
+    embeddings: np.ndarray, atom: np.ndarray, anchors: np.ndarray, scale: np.ndarray,
+    exclude_own: bool = False,
+) -> np.ndarray:
+    """Atom-level statistic ``[A_local]``: ``sqrt(n) * d(mean embedding) / scale[nearest]``.
+
+    ``atom [N]`` contiguous local ids ``0..A_local-1``; ``scale [A]`` per anchor (ones for
+    unscaled). ``exclude_own``: local atom ``k`` is training anchor ``k`` and may not use
+    it (out-of-sample statistic for the training atoms themselves).
+    """
+    means = atom_anchors(embeddings, atom)
+    sizes = np.bincount(atom, minlength=means.shape[0]).astype(np.float64)
+    exclude = np.arange(means.shape[0]) if exclude_own else None
+    distance, index = nearest_anchor(means, anchors, exclude=exclude)
+    return np.sqrt(sizes) * distance / scale[index]
+
+
+def combined_score(
+    flow_statistic: np.ndarray, atom_statistic: np.ndarray, flow_threshold: float, atom_threshold: float
+) -> np.ndarray:
+    """``max(flow / T_flow, atom / T_atom)`` per flow: above 1 when either term exceeds
+    its own calibrated threshold. ``atom_statistic`` is already broadcast to flows; a
+    threshold of 0 is treated as the smallest positive float (no division by zero).
+    """
+    tiny = np.finfo(np.float64).tiny
+    return np.maximum(np.asarray(flow_statistic, np.float64) / max(flow_threshold, tiny),
+                      np.asarray(atom_statistic, np.float64) / max(atom_threshold, tiny))
+
+
+def detector_scores(
+    embeddings: np.ndarray, atom: np.ndarray, detector: dict, config: A2GNNConfig,
+    exclude_own: bool = False,
+) -> dict:
+    """Score flows ``embeddings [N, D]`` grouped in local atoms ``atom [N]`` (contiguous).
+
+    ``detector``: ``anchors [A, D]``, ``scale [A]`` and, for the final score,
+    ``flow_threshold``/``atom_threshold``. Returns ``{"distance" [N] raw distance to the
+    nearest anchor, "index" [N] that anchor, "flow" [N] flow statistic, "atom" [A_local]
+    atom statistic (zeros with ``structure="none"``), "score" [N] (only when the
+    thresholds are in ``detector``)}``. ``exclude_own``: local atom ``k`` is anchor ``k``
+    and neither term may use it.
+    """
+    anchors = detector["anchors"]
+    scale = detector["scale"] if config.anchor_scale == "radius" else np.ones(anchors.shape[0])
+    distance, index = nearest_anchor(embeddings, anchors, exclude=atom if exclude_own else None)
+    flow = distance / scale[index]
+    num_atoms = int(atom.max()) + 1 if atom.size else 0
+    shift = atom_shift(embeddings, atom, anchors, scale, exclude_own) if (
+        config.structure == "atom_shift" and atom.size) else np.zeros(num_atoms)
+    out = {"distance": distance, "index": index, "flow": flow, "atom": shift}
+    if "flow_threshold" in detector:
+        out["score"] = flow if config.structure == "none" else combined_score(
+            flow, shift[atom], detector["flow_threshold"], detector["atom_threshold"])
+    return out
+
+
+def split_holdout(graph: AtomGraph, fraction: float, seed: int) -> tuple[AtomGraph, AtomGraph | None]:
+    """Split ``graph`` by atoms: ``(training graph, held-out graph or None)``.
+
+    A seeded ``fraction`` of the atoms (at least one, never all) goes to the held-out
+    graph; both keep their atoms whole and get contiguous atom ids in original order.
+    """
+    if fraction <= 0.0 or graph.num_atoms < 2:
+        return graph, None
+    rng = np.random.default_rng(seed)
+    count = min(max(1, int(round(fraction * graph.num_atoms))), graph.num_atoms - 1)
+    held = np.zeros(graph.num_atoms, dtype=bool)
+    held[rng.choice(graph.num_atoms, size=count, replace=False)] = True
+    return _sub_graph(graph, np.flatnonzero(~held)), _sub_graph(graph, np.flatnonzero(held))
+
+
+def _sub_graph(graph: AtomGraph, atoms: np.ndarray) -> AtomGraph:
+    _, x, atom, edges = graph.subgraph(atoms)
+    local = np.searchsorted(atoms, atom)
+    return AtomGraph(x, local, edges)
+
+
+def fit_detector(
+    model: A2GNN, graph: AtomGraph, config: A2GNNConfig, holdout: AtomGraph | None = None
+) -> dict:
+    """Anchors, per-anchor scales, calibration statistics and EVT thresholds.
+
+    ``graph``: the atoms the model was trained on (their means are the anchors);
+    ``holdout``: atoms held out of training (``calibration="holdout_atoms"``; without it
+    that calibration falls back to ``own_atom_out``, logged). Calibration: ``in_sample``
+    (authors: a training flow may use its own atom's anchor, so a singleton scores 0; the
+    atom term always leaves the own anchor out, which would make it 0), ``own_atom_out``
+    (a training flow/atom against the *other* atoms' anchors, what a new night faces) or
+    ``holdout_atoms`` (held-out atoms against the training anchors; their anchors are
+    then added, so the thresholds are slightly conservative).
+
+    Returns ``{"anchors" [A, D] float32, "scale" [A] float64, "train_scores" [n] flow
+    statistics calibrated on, "atom_scores" [a] atom statistics calibrated on,
+    "flow_threshold", "atom_threshold", "threshold" (of the final score: the flow
+    threshold, or 1.0 with ``structure="atom_shift"``)}``.
+    """
+    check_detector_config(config)
     z = embed(model, graph, config)
     anchors = atom_anchors(z, graph.atom)
-    if config.calibration == "own_atom_out" and anchors.shape[0] > 1:
-        scores, _ = nearest_anchor(z, anchors, exclude=graph.atom)
-    elif config.calibration in ("in_sample", "own_atom_out"):
-        scores, _ = nearest_anchor(z, anchors)
+    sizes = graph.atom_sizes()
+    radii = anchor_radii(z, graph.atom, anchors)
+    detector = {"anchors": anchors, "scale": anchor_scales(radii, sizes)}
+    calibration = config.calibration
+    if calibration == "holdout_atoms" and (holdout is None or holdout.num_flows == 0):
+        log.warning("A2GNN: no held-out atoms; calibrating own_atom_out instead")
+        calibration = "own_atom_out"
+    if calibration == "own_atom_out" and anchors.shape[0] < 2:
+        calibration = "in_sample"
+    if calibration == "holdout_atoms":
+        z_held = embed(model, holdout, config)
+        stats = detector_scores(z_held, holdout.atom, detector, config)
+        flow_stats, atom_stats = stats["flow"], stats["atom"]
+        held_anchors = atom_anchors(z_held, holdout.atom)
+        held_radii = anchor_radii(z_held, holdout.atom, held_anchors)
+        anchors = np.concatenate([anchors, held_anchors])
+        detector = {"anchors": anchors,
+                    "scale": anchor_scales(np.concatenate([radii, held_radii]),
+                                           np.concatenate([sizes, holdout.atom_sizes()]))}
     else:
-        raise ValueError(f"calibration {config.calibration!r} is not in_sample or own_atom_out")
-    threshold = evt_threshold(scores, config.evt_quantile, config.evt_risk)
-    return {"anchors": anchors, "train_scores": scores, "threshold": threshold}
+        out_of_sample = detector_scores(z, graph.atom, detector, config, exclude_own=anchors.shape[0] > 1)
+        atom_stats = out_of_sample["atom"]
+        flow_stats = out_of_sample["flow"] if calibration == "own_atom_out" else \
+            detector_scores(z, graph.atom, detector, config)["flow"]
+    detector["train_scores"] = np.asarray(flow_stats, np.float64)
+    detector["atom_scores"] = np.asarray(atom_stats, np.float64)
+    detector["flow_threshold"] = evt_threshold(flow_stats, config.evt_quantile, config.evt_risk)
+    detector["atom_threshold"] = evt_threshold(atom_stats, config.evt_quantile, config.evt_risk) \
+        if config.structure == "atom_shift" else 0.0
+    detector["threshold"] = detector["flow_threshold"] if config.structure == "none" else 1.0
+    return detector
 
 
 # ------------------------------------------------------------- TorchDistributor entry
@@ -404,14 +574,22 @@ def distributed_train(graph_path: str, config_dict: dict, out_path: str) -> dict
     torch.use_deterministic_algorithms(context.device == "cpu", warn_only=True)
     if config.cpu_threads > 0:
         torch.set_num_threads(config.cpu_threads)
+    check_detector_config(config)
     graph = load_graph(graph_path)
+    holdout = None
+    if config.calibration == "holdout_atoms":
+        graph, holdout = split_holdout(graph, config.holdout_fraction, config.seed)
     model, metrics = train_model(graph, config, torch.device(context.device),
                                  context.rank, context.world_size)
     if context.is_main:
-        detector = fit_detector(model, graph, config)
+        detector = fit_detector(model, graph, config, holdout)
         save_trained(Path(out_path), model, detector)
         metrics.update({
             "threshold": detector["threshold"],
+            "flow_threshold": detector["flow_threshold"],
+            "atom_threshold": detector["atom_threshold"],
+            "calibration_flows": int(detector["train_scores"].size),
+            "calibration_atoms": int(detector["atom_scores"].size),
             "num_anchors": int(detector["anchors"].shape[0]),
             "train_score_quantiles": {
                 q: float(np.quantile(detector["train_scores"], float(q)))
@@ -450,7 +628,9 @@ def save_trained(out_dir: Path, model: A2GNN, detector: dict) -> None:
     save_file({k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()},
               str(out_dir / WEIGHTS_FILE))
     save_file({"anchors": detector["anchors"],
-               "train_scores": detector["train_scores"].astype(np.float64)},
+               "scale": np.asarray(detector["scale"], np.float64),
+               "train_scores": detector["train_scores"].astype(np.float64),
+               "atom_scores": np.asarray(detector["atom_scores"], np.float64)},
               str(out_dir / ANCHORS_FILE))
 
 

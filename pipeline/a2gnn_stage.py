@@ -9,10 +9,12 @@ the training window (``pipeline.features``), and the graph is saved as safetenso
 trained through ``TorchDistributor`` (``pipeline.distributed_training``). Artifact files:
 
 * ``weights.safetensors``   the model's state dict;
-* ``anchors.safetensors``   ``anchors [A, out_dim]`` and ``train_scores [N]``;
+* ``anchors.safetensors``   ``anchors [A, out_dim]``, ``scale [A]`` (per-anchor distance
+  unit), ``train_scores [n]`` and ``atom_scores [a]`` (calibration statistics);
 * ``config.json``           :class:`A2GNNConfig` + input width and feature columns;
 * ``normalisation.json``    feature statistics of the training window;
-* ``threshold.json``        EVT threshold and its parameters;
+* ``threshold.json``        final threshold, the flow and atom EVT thresholds and their
+  parameters;
 * ``metrics.json``          training metrics.
 
 Scoring (:func:`score_a2gnn`): every flow gets an atom key (its atom, or a singleton),
@@ -169,7 +171,9 @@ def train_a2gnn(spark, train_nights: list[dict], config: A2GNNConfig, out_dir: P
     model_store.save_json(out_dir / NORMALISATION_FILE, stats)
     model_store.save_json(out_dir / THRESHOLD_FILE, {
         "method": "evt_pot", "threshold": metrics["threshold"],
-        "quantile": config.evt_quantile, "risk": config.evt_risk,
+        "flow_threshold": metrics["flow_threshold"], "atom_threshold": metrics["atom_threshold"],
+        "calibration": config.calibration, "anchor_scale": config.anchor_scale,
+        "structure": config.structure, "quantile": config.evt_quantile, "risk": config.evt_risk,
     })
     model_store.save_json(out_dir / METRICS_FILE, metrics)
     return metrics
@@ -182,13 +186,18 @@ def load_artifact(artifact_dir: Path) -> dict:
 
     artifact_dir = Path(artifact_dir)
     meta = model_store.load_json(artifact_dir / CONFIG_FILE)
+    threshold = model_store.load_json(artifact_dir / THRESHOLD_FILE)
+    anchors = load_file(str(artifact_dir / ANCHORS_FILE))
     return {
         "config": meta["config"],
         "in_dim": int(meta["in_dim"]),
         "stats": model_store.load_json(artifact_dir / NORMALISATION_FILE),
-        "threshold": float(model_store.load_json(artifact_dir / THRESHOLD_FILE)["threshold"]),
+        "threshold": float(threshold["threshold"]),
+        "flow_threshold": float(threshold.get("flow_threshold", threshold["threshold"])),
+        "atom_threshold": float(threshold.get("atom_threshold", 0.0)),
         "weights": load_file(str(artifact_dir / WEIGHTS_FILE)),
-        "anchors": load_file(str(artifact_dir / ANCHORS_FILE))["anchors"],
+        "anchors": anchors["anchors"],
+        "scale": anchors.get("scale", np.ones(anchors["anchors"].shape[0])),
     }
 
 
@@ -217,7 +226,7 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     """
     import torch
 
-    from models.a2gnn_training import embed, nearest_anchor
+    from models.a2gnn_training import detector_scores, embed
 
     torch.set_num_threads(1)
     columns = [f.name for f in schema.FLOW_SCORES]
@@ -235,15 +244,16 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     edges = np.stack([src[known], dst[known].astype(np.int64)]) if known.any() else np.zeros((2, 0), np.int64)
     graph = AtomGraph(features.apply_normalisation(pdf, artifact["stats"]), atom, edges)
     z = embed(_model_from(artifact), graph, config)
-    distance, index = nearest_anchor(z, artifact["anchors"])
+    scored = detector_scores(z, atom, artifact, config)
+    distance, index, score = scored["distance"], scored["index"], scored["score"]
     threshold = artifact["threshold"]
     out = pdf[["flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
                "first_seen_ms", "last_seen_ms", "community_id", "atom_key", "atom_size",
                "atom_density"]].copy()
     out["model_version"] = model_version
-    out["score"] = distance
+    out["score"] = score
     out["threshold"] = threshold
-    out["is_anomaly"] = distance > threshold
+    out["is_anomaly"] = score > threshold
     out["atom_id"] = pdf["atom_id"]  # null for a flow the atoms table does not know
     out = out.drop(columns=["atom_key"])
     sizes = np.bincount(atom)
@@ -259,8 +269,11 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
 def score_a2gnn(spark, flows_df, atoms_df, edges_df, artifact_dir: Path, model_version: str):
     """Score every flow of a night: a Spark DataFrame with the FLOW_SCORES columns.
 
-    ``score`` is the distance of the flow's embedding to the nearest training anchor,
-    ``is_anomaly`` is ``score > threshold`` (the artifact's EVT threshold).
+    ``score`` is the detector score of :func:`models.a2gnn_training.detector_scores`
+    (with ``structure="none"`` the, optionally radius-scaled, distance to the nearest
+    training anchor; with ``"atom_shift"`` the larger of the flow and atom statistics
+    over their EVT thresholds), ``is_anomaly`` is ``score > threshold``;
+    ``anchor_distance`` is always the raw distance to ``nearest_anchor``.
     """
     from pyspark.sql import functions as F
 

@@ -10,12 +10,19 @@ from models.a2gnn_training import (
     A2GNNConfig,
     AtomGraph,
     atom_anchors,
+    anchor_radii,
+    anchor_scales,
     atom_batches,
+    atom_shift,
     centroid_cross_entropy,
+    check_detector_config,
+    combined_score,
+    detector_scores,
     embed,
     fit_detector,
     info_nce,
     nearest_anchor,
+    split_holdout,
     train_model,
 )
 
@@ -166,14 +173,20 @@ def test_training_twice_with_the_same_seed_gives_identical_scores_on_cpu():
     assert first["threshold"] == second["threshold"]
 
 
-def test_an_outlying_flow_scores_above_the_training_threshold(trained):
+@pytest.mark.parametrize("variant", [
+    {"calibration": "in_sample", "anchor_scale": "none", "structure": "none"},
+    {"calibration": "own_atom_out", "anchor_scale": "radius", "structure": "none"},
+    {"calibration": "own_atom_out", "anchor_scale": "radius", "structure": "atom_shift"},
+])
+def test_an_outlying_flow_scores_above_the_training_threshold(trained, variant):
     graph, model = trained
-    detector = fit_detector(model, graph, TINY)
+    config = A2GNNConfig(**{**TINY.to_dict(), **variant})
+    detector = fit_detector(model, graph, config)
     outlier = AtomGraph(np.full((1, graph.x.shape[1]), 25.0, np.float32), np.zeros(1), np.zeros((2, 0)))
 
-    score, _ = nearest_anchor(embed(model, outlier, TINY), detector["anchors"])
+    scored = detector_scores(embed(model, outlier, config), outlier.atom, detector, config)
 
-    assert score[0] > detector["threshold"]
+    assert scored["score"][0] > detector["threshold"]
 
 
 def test_atom_graph_rejects_edges_pointing_past_the_last_flow():
@@ -193,11 +206,95 @@ def test_nearest_anchor_can_exclude_each_rows_own_anchor():
 
 def test_own_atom_out_calibration_scores_every_training_flow_at_least_as_high_as_in_sample(trained):
     graph, model = trained
-    in_sample = fit_detector(model, graph, TINY)
-    held_out = fit_detector(model, graph, A2GNNConfig(**{**TINY.to_dict(), "calibration": "own_atom_out"}))
+    flat = {**TINY.to_dict(), "anchor_scale": "none", "structure": "none"}
+    in_sample = fit_detector(model, graph, A2GNNConfig(**{**flat, "calibration": "in_sample"}))
+    held_out = fit_detector(model, graph, A2GNNConfig(**{**flat, "calibration": "own_atom_out"}))
 
     singletons = np.isin(graph.atom, np.flatnonzero(graph.atom_sizes() == 1))
     assert np.all(held_out["train_scores"] >= in_sample["train_scores"] - 1e-9)
     assert np.all(in_sample["train_scores"][singletons] < 1e-5)
     assert np.all(held_out["train_scores"][singletons] > 0.0)
     assert held_out["threshold"] >= in_sample["threshold"]
+
+
+def test_anchor_radius_is_the_rms_distance_of_an_atoms_members_to_its_anchor():
+    z = np.array([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [1.0, 1.0], [1.0, 3.0]])
+    atom = np.array([0, 0, 1, 2, 2])
+
+    radii = anchor_radii(z, atom, atom_anchors(z, atom))
+
+    np.testing.assert_allclose(radii, [1.0, 0.0, 1.0])
+
+
+def test_anchor_scale_floors_tight_and_singleton_anchors_at_the_median_multi_flow_radius():
+    radii = np.array([0.0, 0.5, 2.0, 4.0, 0.1])
+    sizes = np.array([1, 3, 5, 9, 2])  # multi-flow radii 0.5, 2.0, 4.0, 0.1 -> median 1.25
+
+    np.testing.assert_allclose(anchor_scales(radii, sizes), [1.25, 1.25, 2.0, 4.0, 1.25])
+    np.testing.assert_allclose(anchor_scales(np.zeros(3), np.array([1, 1, 1])), [1.0, 1.0, 1.0])
+
+
+def test_atom_shift_grows_with_the_square_root_of_a_cohesive_atoms_size():
+    anchors = np.array([[0.0, 0.0], [100.0, 0.0]])
+    scale = np.array([2.0, 1.0])
+    # atom 0: one flow at (3, 4); atom 1: four flows centred on (3, 4); atom 2: at anchor 1
+    z = np.array([[3.0, 4.0], [2.0, 4.0], [4.0, 4.0], [3.0, 3.0], [3.0, 5.0], [100.0, 0.0]])
+    atom = np.array([0, 1, 1, 1, 1, 2])
+
+    shift = atom_shift(z, atom, anchors, scale)
+
+    np.testing.assert_allclose(shift, [5.0 / 2.0, 2.0 * 5.0 / 2.0, 0.0])
+
+
+def test_atom_shift_can_leave_each_training_atoms_own_anchor_out():
+    z = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+    atom = np.array([0, 0, 1])
+    anchors = atom_anchors(z, atom)
+
+    shift = atom_shift(z, atom, anchors, np.ones(2), exclude_own=True)
+
+    np.testing.assert_allclose(shift, [np.sqrt(2.0) * 5.0, 5.0])
+
+
+def test_combined_score_exceeds_one_when_either_term_exceeds_its_threshold():
+    score = combined_score(np.array([1.0, 5.0, 1.0, 0.0]), np.array([2.0, 2.0, 9.0, 0.0]), 4.0, 8.0)
+
+    np.testing.assert_allclose(score, [0.25, 1.25, 1.125, 0.0])
+    assert np.isfinite(combined_score(np.array([1.0]), np.array([1.0]), 0.0, 0.0)).all()
+
+
+def test_holdout_split_keeps_atoms_whole_and_disjoint_and_is_seeded():
+    graph = chain_graph(num_atoms=40)
+
+    train, held = split_holdout(graph, 0.25, seed=1)
+    again, _ = split_holdout(graph, 0.25, seed=1)
+
+    assert held.num_atoms == 10 and train.num_atoms == 30
+    assert train.num_flows + held.num_flows == graph.num_flows
+    np.testing.assert_array_equal(train.x, again.x)
+    for part in (train, held):
+        src, dst = part.edge_index
+        assert (part.atom[src] == part.atom[dst]).all()
+    rows = {tuple(r) for r in np.round(graph.x, 5)}
+    assert {tuple(r) for r in np.round(train.x, 5)} | {tuple(r) for r in np.round(held.x, 5)} == rows
+    assert split_holdout(graph, 0.0, seed=1) == (graph, None)
+
+
+def test_holdout_calibration_uses_the_held_out_atoms_and_then_adds_their_anchors(trained):
+    graph, model = trained
+    train, held = split_holdout(graph, 0.25, seed=2)
+
+    detector = fit_detector(model, train, TINY, held)
+
+    assert detector["anchors"].shape[0] == graph.num_atoms
+    assert detector["train_scores"].shape == (held.num_flows,)
+    assert detector["atom_scores"].shape == (held.num_atoms,)
+    assert detector["threshold"] == 1.0 and detector["flow_threshold"] > 0 and detector["atom_threshold"] > 0
+    assert (detector["scale"] > 0).all()
+
+
+def test_an_unknown_detector_option_is_rejected_with_its_field_name():
+    with pytest.raises(ValueError, match="structure"):
+        check_detector_config(A2GNNConfig(structure="atom_size"))
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        check_detector_config(A2GNNConfig(holdout_fraction=1.0))
