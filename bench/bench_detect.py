@@ -64,7 +64,10 @@ def main() -> None:
         rows.append((size, generated, nfstream, detect))
         shutil.rmtree(archive / date)  # keep the disk footprint to one night at a time
         print(f"{size} GB: detect {detect['seconds']:.0f} s, nfstream {nfstream['seconds']:.0f} s", flush=True)
+        write_section(rows, training)  # after every size, so a long run leaves what it measured
 
+
+def write_section(rows: list, training: dict) -> None:
     table = ["| night | packets | NFStream extraction (s) | DetectTask end to end (s) | ratio | "
              "DetectTask peak RSS (MiB) | NFStream peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
     for size, generated, nfstream, detect in rows:

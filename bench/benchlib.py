@@ -30,7 +30,9 @@ def machine() -> str:
 
 
 def stamp() -> str:
-    return f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}."
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; "
+            f"load average {load} (other jobs running inflate every figure).")
 
 
 def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO_ROOT,
