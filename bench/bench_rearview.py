@@ -18,14 +18,21 @@ Prints one JSON line with flows/s and ms per flow (the paper claims < 2 ms per f
 Detection quality on a warehouse's real flows (labels read only to measure)::
 
     .venv/bin/python bench/bench_rearview.py --evaluate-dev /tmp/dev_warehouse [--config '{"classifier": "cblof"}']
+
+trains once, scores the test night with Spark under the configured ``decision_rule``,
+then re-decides the same scored flows under every decision variant (``VARIANTS``: they
+differ only in thresholds calibrated on the benign validation flows, not in training).
+
 Generated flows: a LAN of clients talking to a few dozen services; per-service
 log-normal sizes and timings (``synthetic_flows``, also used by the tests).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +46,14 @@ log = logging.getLogger("bench_rearview")
 QUALITY_HEADING = "### Detection quality"
 """A subsection of the RearView section written by hand (dev-archive evaluation); kept
 when the benchmark rewrites the section."""
+VARIANTS = {
+    "paper": {"decision_rule": "paper"},
+    "calibrated": {"decision_rule": "calibrated", "novelty_prior": False},
+    "calibrated_novelty": {"decision_rule": "calibrated", "novelty_prior": True},
+    "fused": {"decision_rule": "fused", "novelty_prior": False},
+    "fused_novelty": {"decision_rule": "fused", "novelty_prior": True},
+}
+"""Decision variants re-applied to one trained artifact (``RearViewConfig`` overrides)."""
 
 
 def synthetic_flows(num_flows: int, seed: int = 0, start_ms: int = 1_767_225_600_000,
@@ -93,11 +108,14 @@ def synthetic_flows(num_flows: int, seed: int = 0, start_ms: int = 1_767_225_600
 
 
 def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str], test_date: str,
-                 config_overrides: dict) -> dict:
+                 config_overrides: dict, keep: Path | None = None) -> dict:
     """Train on ``train_dates`` of a warehouse's flows, score ``test_date``, measure.
 
     Labels are read only after scoring, for the metrics (stage 1 alone: ``p > 0.95`` and
-    ROC AUC on ``p``; stages 1+2+3: ``is_anomaly`` and ``score``; refined score alone).
+    ROC AUC on ``p``; stages 1+2+3: ``is_anomaly`` and ``score``; refined score alone
+    above the validation threshold; every ``VARIANTS`` decision; the novelty baseline:
+    triplet never seen in training). ``keep``: also copy the artifact and the labelled
+    scored flows there.
     """
     from pyspark.sql import functions as F
     from sklearn.metrics import roc_auc_score
@@ -106,6 +124,7 @@ def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str
     from pipeline import warehouse as wh
     from pipeline.labels import BENIGN, label_flows, read_labels
     from pipeline.metrics import binary_metrics, per_kind_detection
+    from pipeline.rearview_windows import eviction_count
     from pipeline.spark import get_spark
 
     spark = get_spark(out / "spark", overrides={"spark.master": "local[2]"})
@@ -131,9 +150,28 @@ def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str
     rules = {
         "stage1": (p, p > config.screening_alarm_p),
         "stage123": (merged["score"].to_numpy(), merged["is_anomaly"].to_numpy()),
-        "refined_only": (refined, refined > merged["threshold"].to_numpy()),
     }
-    result = {"training": training, "training_s": training_s, "scoring_s": scoring_s}
+    art = rv.load_artifacts(str(artifact))
+    replay = rv.order_flows(merged)
+    triggered = pd.Series(rv.triggered_windows(
+        replay["screening_probability"].to_numpy(), art.config.queue_size,
+        eviction_count(art.config.queue_size, art.config.evict_fraction), art.config.suspicious_p,
+    ), index=replay["flow_id"]).reindex(merged["flow_id"]).to_numpy()
+    cells = rv.fallback_cells(art.vocab, art.seen_triplets, merged)
+    for name, overrides in VARIANTS.items():
+        variant = dataclasses.replace(art.config, **overrides)
+        score, _, flagged = rv.decide_flows(p, cells, refined, triggered, art.calibration, variant)
+        rules["variant_" + name] = (score, flagged)
+    novel = ~merged["triplet"].isin(list(art.seen_triplets)).to_numpy()
+    rules["novelty_baseline"] = (novel.astype(float), novel)
+    rules["refined_only"] = (refined, refined > art.calibration.refined_threshold)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        merged.assign(cell=cells, triggered=triggered).to_parquet(keep / "scored.parquet")
+        shutil.copytree(artifact, keep / "artifact", dirs_exist_ok=True)
+    result = {"training": training, "training_s": training_s, "scoring_s": scoring_s,
+              "config": dataclasses.asdict(config),
+              "test_cell_counts": np.bincount(cells, minlength=rv.NUM_FALLBACK_CELLS).tolist()}
     for name, (score, flagged) in rules.items():
         result[name] = binary_metrics(attack, score, flagged)
         result[name + "_per_kind"] = per_kind_detection(merged["kind"].to_numpy(), flagged)
@@ -160,12 +198,13 @@ def main() -> None:
     parser.add_argument("--train-dates", default="2026-01-01,2026-01-02")
     parser.add_argument("--test-date", default="2026-01-03")
     parser.add_argument("--config", default="{}", help="JSON overrides of RearViewConfig")
+    parser.add_argument("--keep", type=Path, help="with --evaluate-dev: keep artifact + scored flows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.evaluate_dev:
         with tempfile.TemporaryDirectory(prefix="eval-rearview-") as tmp:
             result = evaluate_dev(args.evaluate_dev, args.labels, Path(tmp), args.train_dates.split(","),
-                                  args.test_date, json.loads(args.config))
+                                  args.test_date, json.loads(args.config), args.keep)
         print(json.dumps(result, indent=1))
         return
 

@@ -25,12 +25,25 @@ reproduces the same model with no pickle anywhere.
 
 Decision (stage 3): ``refined_score`` is the classifier's anomaly score of the flow's
 edge embedding. As in the authors' code, a *suspicious* flow (``p > suspicious_p``, 0.6)
-triggers the refinement of its FIFO window: a flow is anomalous when its screening
-probability ``p`` exceeds ``screening_alarm_p`` (0.95), or when its home window was
-triggered and ``refined_score > threshold``. The row's ``score`` is the refined score
-(capped at the threshold in untriggered windows), raised to
-``threshold * p / screening_alarm_p``, so that ``score > threshold`` exactly when
-``is_anomaly``.
+triggers the refinement of its FIFO window. ``decision_rule`` then picks the verdict
+(:func:`decide_flows`; every threshold comes from the benign validation flows, whose
+``p``, fallback cell and refined score the artifact stores):
+
+* ``"paper"``: anomalous when ``p > screening_alarm_p`` (0.95), or when the home window
+  was triggered and ``refined_score > threshold`` (:func:`decide`). ``p`` is a CDF of
+  training values, so the first clause flags ~5 % of benign flows by construction.
+* ``"calibrated"``: the screening clause becomes ``screening surprise > its validation
+  (1 - false_alarm_rate) quantile``, the refined clause is unchanged.
+* ``"fused"``: screening and refined evidence become empirical tail probabilities on the
+  validation flows, combined by Fisher's method (sum of ``-ln tail``; the refined term
+  only in triggered windows) and thresholded at the validation
+  ``(1 - false_alarm_rate)`` quantile of the same statistic.
+
+Screening surprise = ``-ln`` of the validation tail of ``p``; with ``novelty_prior`` it
+adds ``-ln`` of the validation share of the flow's *fallback cell* (:func:`fallback_cells`:
+condition level x whether its triplet occurred in training at all), i.e. it is the
+probability that a benign flow falls back that far *and* is at least that extreme. In
+every rule ``score > threshold`` exactly when ``is_anomaly``.
 
 Scoring (:func:`score_rearview`) numbers the flows in start order, replicates each flow
 into every FIFO window that contains it (``pipeline.rearview_windows``: consecutive
@@ -72,7 +85,11 @@ FLOW_COLUMNS = (
 ARTIFACT_FILES = (
     "config.json", "normalisation.json", "conditions.json", "detector.json",
     "vae.safetensors", "kde.safetensors", "sage.safetensors", "classifier_training.safetensors",
+    "calibration.safetensors",
 )
+DECISION_RULES = ("paper", "calibrated", "fused")
+CONDITION_LEVELS = ("triplet", "port_protocol", "protocol", "global")
+NUM_FALLBACK_CELLS = 2 * len(CONDITION_LEVELS)
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,11 @@ class RearViewConfig:
     ``cpu_threads``: torch intra-op threads per training or scoring process on CPU (1:
     the networks are small, and more threads on a shared machine cost far more in
     contention than they gain; it also keeps CPU runs bit-reproducible).
+    ``decision_rule``: ``"paper"`` | ``"calibrated"`` | ``"fused"`` (module docstring).
+    ``false_alarm_rate``: benign validation false-alarm rate of the screening clause
+    (``calibrated``) or of the whole fused statistic (``fused``).
+    ``novelty_prior``: the screening surprise adds ``-ln`` of the validation share of the
+    flow's fallback cell (not used by ``paper``).
     """
 
     queue_size: int = 2000
@@ -108,8 +130,15 @@ class RearViewConfig:
     num_processes: int = 1
     use_gpu: bool = False
     cpu_threads: int = 1
+    decision_rule: str = "fused"
+    false_alarm_rate: float = 0.005
+    novelty_prior: bool = True
 
     def __post_init__(self) -> None:
+        if self.decision_rule not in DECISION_RULES:
+            raise ValueError(f"RearViewConfig.decision_rule must be one of {DECISION_RULES}, got {self.decision_rule!r}")
+        if not 0.0 < self.false_alarm_rate < 1.0:
+            raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
         if self.classifier not in ("iforest", "cblof"):
             raise ValueError(f"RearViewConfig.classifier must be 'iforest' or 'cblof', got {self.classifier!r}")
         if not 0.0 < self.validation_fraction < 1.0:
@@ -162,6 +191,30 @@ def assign_conditions(vocab: dict, flows: pd.DataFrame) -> np.ndarray:
     ids = ids.fillna(_port_protocol_keys(flows).map(vocab["port_protocol"]))
     ids = ids.fillna(flows["protocol"].astype("int64").astype(str).map(vocab["protocol"]))
     return ids.fillna(vocab["global"]).to_numpy(dtype=np.int64)
+
+
+def condition_levels(vocab: dict, flows: pd.DataFrame) -> np.ndarray:
+    """``[N]`` int index into ``CONDITION_LEVELS``: how far each flow falls back."""
+    level = np.full(len(flows), CONDITION_LEVELS.index("global"), dtype=np.int64)
+    keys = (
+        ("protocol", flows["protocol"].astype("int64").astype(str)),
+        ("port_protocol", _port_protocol_keys(flows)),
+        ("triplet", triplet_keys(flows)),
+    )
+    for name, key in keys:                       # deeper levels first, shallower overwrite
+        level[key.isin(list(vocab[name])).to_numpy()] = CONDITION_LEVELS.index(name)
+    return level
+
+
+def fallback_cells(vocab: dict, seen_triplets: set[str] | list[str], flows: pd.DataFrame) -> np.ndarray:
+    """``[N]`` int in ``[0, NUM_FALLBACK_CELLS)``: ``2 * condition level + (triplet unseen)``.
+
+    ``seen_triplets``: every triplet with at least one training flow; a triplet seen
+    fewer than ``min_triplet_sessions`` times falls back like an unseen one but is a
+    different cell.
+    """
+    unseen = ~triplet_keys(flows).isin(list(seen_triplets)).to_numpy()
+    return 2 * condition_levels(vocab, flows) + unseen.astype(np.int64)
 
 
 def order_flows(flows: pd.DataFrame, by_night: bool = False) -> pd.DataFrame:
@@ -217,6 +270,77 @@ def decide(probability: np.ndarray, refined: np.ndarray, threshold: float, confi
     return score, is_anomaly
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The benign validation flows' evidence, from which every decision threshold follows.
+
+    ``p``, ``cell``, ``refined``: ``[V]`` screening probability, fallback cell and refined
+    score of each validation flow; ``refined_threshold``: the ``threshold_quantile`` of
+    ``refined`` (the paper's operating point).
+    """
+
+    p: np.ndarray
+    cell: np.ndarray
+    refined: np.ndarray
+    refined_threshold: float
+
+
+def empirical_tail(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``(1 + #{reference >= v}) / (len(reference) + 1)`` per value: a conservative p-value.
+
+    ``reference``: ``[V]`` benign values (higher = more anomalous); returns ``[N]`` in
+    ``(0, 1]``, non-increasing in the value.
+    """
+    ordered = np.sort(np.asarray(reference, dtype=np.float64))
+    at_least = len(ordered) - np.searchsorted(ordered, np.asarray(values, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (len(ordered) + 1.0)
+
+
+def cell_prior(validation_cells: np.ndarray, num_cells: int = NUM_FALLBACK_CELLS) -> np.ndarray:
+    """``[num_cells]`` Laplace-smoothed share of benign validation flows in each fallback cell."""
+    counts = np.bincount(np.asarray(validation_cells, dtype=np.int64), minlength=num_cells)[:num_cells]
+    return (counts + 1.0) / (counts.sum() + num_cells)
+
+
+def screening_surprise(p: np.ndarray, cells: np.ndarray, calibration: Calibration, novelty_prior: bool) -> np.ndarray:
+    """``-ln`` of the validation tail of ``p`` (``[N]``), plus ``-ln`` of the cell's prior when asked."""
+    surprise = -np.log(empirical_tail(calibration.p, p))
+    if novelty_prior:
+        surprise = surprise - np.log(cell_prior(calibration.cell)[np.asarray(cells, dtype=np.int64)])
+    return surprise
+
+
+def _alarm_level(validation_statistic: np.ndarray, rate: float) -> float:
+    """Smallest order statistic exceeded by at most ``rate`` of the validation values."""
+    return float(np.quantile(validation_statistic, 1.0 - rate, method="higher"))
+
+
+def decide_flows(p: np.ndarray, cells: np.ndarray, refined: np.ndarray, window_triggered: np.ndarray,
+                 calibration: Calibration, config: RearViewConfig) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(score [N], threshold, is_anomaly [N])`` under ``config.decision_rule``.
+
+    Validation flows are treated as triggered (a FIFO window of benign traffic nearly
+    always holds a flow with ``p > suspicious_p``), which can only raise the thresholds.
+    """
+    refined_threshold = calibration.refined_threshold
+    if config.decision_rule == "paper":
+        score, is_anomaly = decide(p, refined, refined_threshold, config, window_triggered)
+        return score, refined_threshold, is_anomaly
+    surprise = screening_surprise(p, cells, calibration, config.novelty_prior)
+    validation_surprise = screening_surprise(calibration.p, calibration.cell, calibration, config.novelty_prior)
+    if config.decision_rule == "calibrated":
+        level = max(_alarm_level(validation_surprise, config.false_alarm_rate), 1e-12)
+        refined_clause = window_triggered & (refined > refined_threshold)
+        gated = np.where(window_triggered, refined, np.minimum(refined, refined_threshold))
+        score = np.maximum(gated, refined_threshold * surprise / level)
+        return score, refined_threshold, (surprise > level) | refined_clause
+    refined_surprise = -np.log(empirical_tail(calibration.refined, refined))
+    statistic = surprise + np.where(window_triggered, refined_surprise, 0.0)
+    validation_statistic = validation_surprise - np.log(empirical_tail(calibration.refined, calibration.refined))
+    level = _alarm_level(validation_statistic, config.false_alarm_rate)
+    return statistic, level, statistic > level
+
+
 def triggered_windows(probability: np.ndarray, queue_size: int, evict: int, suspicious_p: float) -> np.ndarray:
     """``[N]`` bool per flow (replay order): its home window holds a flow with ``p > suspicious_p``."""
     bounds = window_bounds(len(probability), queue_size, evict)
@@ -245,9 +369,9 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     """``TorchDistributor`` entry point: train every RearView network, write tensors.
 
     ``inputs_path``: ``.npz`` (no pickle) with ``features [N, F]``, ``condition [N]``,
-    ``is_train [N]``, ``night [N]``, ``src_vertex [N]``, ``dst_vertex [N]``, rows in replay
-    order per night. Writes ``vae``/``kde``/``sage``/``classifier_training`` safetensors
-    into ``out_dir``; returns JSON-able metrics with the calibrated threshold. Only rank 0
+    ``is_train [N]``, ``night [N]``, ``src_vertex [N]``, ``dst_vertex [N]``, ``cell [N]``
+    (fallback cell), rows in replay order per night. Writes ``vae``/``kde``/``sage``/
+    ``classifier_training``/``calibration`` safetensors into ``out_dir``; returns JSON-able metrics with the calibrated threshold. Only rank 0
     trains (the data of a few nights fits one device); other ranks return ``None``.
     """
     from pipeline.distributed_training import distributed_context
@@ -262,6 +386,7 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
         x, cond = data["features"], data["condition"]
         is_train, night = data["is_train"], data["night"]
         src, dst = data["src_vertex"], data["dst_vertex"]
+        cell = data["cell"]
     out = Path(out_dir)
     seed = params["seed"]
     vae, vae_history = train_cvae(
@@ -304,6 +429,16 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     model_store.save_tensors(out / "kde.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kde.items()})
     model_store.save_tensors(out / "classifier_training.safetensors", {"embeddings": torch.from_numpy(z[is_train])})
     p_val = p[validation]
+    calibration = Calibration(p_val.astype(np.float64), cell[validation].astype(np.int64),
+                              refined_validation.astype(np.float64), threshold)
+    model_store.save_tensors(out / "calibration.safetensors", {
+        "p": torch.from_numpy(np.ascontiguousarray(calibration.p)),
+        "cell": torch.from_numpy(np.ascontiguousarray(calibration.cell)),
+        "refined": torch.from_numpy(np.ascontiguousarray(calibration.refined)),
+    })
+    config = RearViewConfig(**{f.name: params[f.name] for f in dataclasses.fields(RearViewConfig)})
+    _, _, validation_alarm = decide_flows(p_val, calibration.cell, refined_validation,
+                                          np.ones(len(p_val), dtype=bool), calibration, config)
     return {
         "threshold": threshold,
         "device": device,
@@ -317,6 +452,8 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
         "validation_screening_alarm_rate": float((p_val > params["screening_alarm_p"]).mean()),
         "validation_suspicious_rate": float((p_val > params["suspicious_p"]).mean()),
         "validation_refined_alarm_rate": float((refined_validation > threshold).mean()),
+        "validation_alarm_rate": float(validation_alarm.mean()),
+        "validation_cell_counts": np.bincount(calibration.cell, minlength=NUM_FALLBACK_CELLS).tolist(),
     }
 
 
@@ -349,6 +486,7 @@ def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path)
     is_train = ~validation_mask(night, config.validation_fraction)
     normalisation = features.fit_normalisation(flows[is_train])
     vocab = build_condition_vocabulary(flows[is_train], config.min_triplet_sessions)
+    seen_triplets = sorted(triplet_keys(flows[is_train]).unique().tolist())
     vertices, _ = pd.factorize(pd.concat([flows["src_ip"], flows["dst_ip"]], ignore_index=True))
     params = {
         **dataclasses.asdict(config),
@@ -364,6 +502,7 @@ def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path)
             inputs, features=features.apply_normalisation(flows, normalisation),
             condition=assign_conditions(vocab, flows), is_train=is_train, night=night,
             src_vertex=vertices[:len(flows)].astype(np.int64), dst_vertex=vertices[len(flows):].astype(np.int64),
+            cell=fallback_cells(vocab, seen_triplets, flows),
         )
         log.info("RearView training: %d flows (%d train, %d validation), %d conditions",
                  len(flows), is_train.sum(), (~is_train).sum(), vocab["num_conditions"])
@@ -373,7 +512,7 @@ def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path)
         shutil.rmtree(scratch, ignore_errors=True)
     model_store.save_json(out_dir / "config.json", dataclasses.asdict(config))
     model_store.save_json(out_dir / "normalisation.json", normalisation)
-    model_store.save_json(out_dir / "conditions.json", vocab)
+    model_store.save_json(out_dir / "conditions.json", {**vocab, "seen_triplets": seen_triplets})
     model_store.save_json(out_dir / "detector.json", {
         "threshold": result["threshold"], "classifier": config.classifier, "seed": config.seed,
         "num_features": len(features.FEATURE_COLUMNS),
@@ -398,6 +537,8 @@ class RearViewArtifacts:
     kde: dict
     encoder: AnomalyWeightedEdgeSAGE
     classifier: object
+    calibration: Calibration
+    seen_triplets: frozenset
 
 
 @functools.lru_cache(maxsize=4)
@@ -422,8 +563,11 @@ def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
     encoder.eval()
     embeddings = model_store.load_tensors(path / "classifier_training.safetensors")["embeddings"].numpy()
     classifier = fit_classifier(detector["classifier"], embeddings, detector["seed"])
+    stored = {k: v.numpy() for k, v in model_store.load_tensors(path / "calibration.safetensors").items()}
+    calibration = Calibration(stored["p"], stored["cell"], stored["refined"], float(detector["threshold"]))
+    seen = frozenset(vocab.pop("seen_triplets"))
     return RearViewArtifacts(config, model_store.load_json(path / "normalisation.json"), vocab,
-                             float(detector["threshold"]), vae, kde, encoder, classifier)
+                             float(detector["threshold"]), vae, kde, encoder, classifier, calibration, seen)
 
 
 def screen(flows: pd.DataFrame, art: RearViewArtifacts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -437,7 +581,8 @@ def screen(flows: pd.DataFrame, art: RearViewArtifacts) -> tuple[np.ndarray, np.
 def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, triggered: np.ndarray,
                 art: RearViewArtifacts) -> pd.DataFrame:
     refined = refined_scores(art.classifier, z)
-    score, is_anomaly = decide(p, refined, art.threshold, art.config, triggered)
+    cells = fallback_cells(art.vocab, art.seen_triplets, flows)
+    score, threshold, is_anomaly = decide_flows(p, cells, refined, triggered, art.calibration, art.config)
     n = len(flows)
     out = pd.DataFrame({
         "flow_id": flows["flow_id"].astype(str).to_numpy(),
@@ -448,7 +593,7 @@ def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, triggered: np
         "first_seen_ms": flows["first_seen_ms"].astype("int64").to_numpy(),
         "last_seen_ms": flows["last_seen_ms"].astype("int64").to_numpy(),
         "community_id": flows["community_id"].to_numpy(),
-        "score": score, "threshold": np.full(n, art.threshold), "is_anomaly": is_anomaly,
+        "score": score, "threshold": np.full(n, threshold), "is_anomaly": is_anomaly,
         "triplet": triplet_keys(flows).to_numpy(),
         "screening_probability": p, "refined_score": refined,
     })

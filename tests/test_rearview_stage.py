@@ -79,6 +79,89 @@ def test_a_suspicious_flow_triggers_refinement_of_its_whole_home_window():
     assert triggered.tolist() == [True] * 16 + [False] * 4
 
 
+def test_fallback_cell_is_condition_level_and_whether_the_triplet_was_ever_seen_in_training():
+    train = _servers([("10.0.0.1", 443, 6, 60), ("10.0.0.2", 443, 6, 30), ("10.0.0.3", 443, 6, 25),
+                      ("10.0.0.4", 22, 6, 10)])
+    vocab = rv.build_condition_vocabulary(train, min_sessions=50)
+    seen = set(rv.triplet_keys(train))
+    scored = _servers([
+        ("10.0.0.1", 443, 6, 1),    # modelled triplet
+        ("10.0.0.2", 443, 6, 1),    # rare seen triplet, pooled port
+        ("10.9.9.9", 443, 6, 1),    # unseen server, pooled port
+        ("10.0.0.4", 22, 6, 1),     # rare seen triplet, protocol condition
+        ("10.9.9.9", 8080, 6, 1),   # unseen, protocol condition
+        ("10.9.9.9", 53, 17, 1),    # protocol never seen: global
+    ])
+    levels = rv.condition_levels(vocab, scored)
+    assert [rv.CONDITION_LEVELS[i] for i in levels] == [
+        "triplet", "port_protocol", "port_protocol", "protocol", "protocol", "global"]
+    assert rv.fallback_cells(vocab, seen, scored).tolist() == [0, 2, 3, 4, 5, 7]
+
+
+def test_empirical_tail_counts_reference_values_at_least_as_extreme_plus_one():
+    reference = np.array([1.0, 2.0, 2.0, 3.0])
+    tail = rv.empirical_tail(reference, np.array([0.0, 2.0, 2.5, 3.0, 9.0]))
+    np.testing.assert_allclose(tail, np.array([5, 4, 2, 2, 1]) / 5)
+
+
+def test_cell_prior_is_the_laplace_smoothed_validation_share_of_each_cell():
+    prior = rv.cell_prior(np.array([0, 0, 0, 1]), num_cells=4)
+    np.testing.assert_allclose(prior, np.array([4, 2, 1, 1]) / 8)
+    assert rv.cell_prior(np.zeros(0, dtype=np.int64)).sum() == pytest.approx(1.0)
+
+
+def _calibration(rng) -> rv.Calibration:
+    validation = 1000
+    cells = np.where(rng.random(validation) < 0.95, 0, 3)          # 5 % of benign flows fall back
+    return rv.Calibration(p=rng.random(validation), cell=cells, refined=rng.normal(0.5, 0.05, validation),
+                          refined_threshold=0.62)
+
+
+@pytest.mark.parametrize("rule,novelty", [("calibrated", False), ("calibrated", True),
+                                          ("fused", False), ("fused", True)])
+def test_calibrated_rules_flag_about_the_configured_share_of_benign_flows(rule, novelty):
+    rng = np.random.default_rng(0)
+    calibration = _calibration(rng)
+    config = rv.RearViewConfig(decision_rule=rule, novelty_prior=novelty, false_alarm_rate=0.01)
+    benign = 20_000                                                   # fresh draws, same distributions
+    p, refined = rng.random(benign), rng.normal(0.5, 0.05, benign)
+    cells = np.where(rng.random(benign) < 0.95, 0, 3)
+    score, threshold, flagged = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration, config)
+    assert ((score > threshold) == flagged).all()
+    screening_budget = 0.01 if rule == "fused" else 0.01 + 0.01      # calibrated: + the refined clause
+    assert flagged.mean() < screening_budget + 0.01
+    paper = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration, rv.RearViewConfig(decision_rule="paper"))
+    assert paper[2].mean() > 0.04                                     # p > 0.95 flags 5 % by construction
+
+
+def test_novelty_prior_raises_the_suspicion_of_flows_in_rarely_used_fallback_cells():
+    calibration = _calibration(np.random.default_rng(1))
+    p = np.array([0.9, 0.9])
+    cells = np.array([0, 3])
+    plain = rv.screening_surprise(p, cells, calibration, novelty_prior=False)
+    novel = rv.screening_surprise(p, cells, calibration, novelty_prior=True)
+    assert plain[0] == plain[1] and novel[1] > novel[0]
+    config = rv.RearViewConfig(decision_rule="fused", novelty_prior=True, false_alarm_rate=0.01)
+    refined = np.array([0.5, 0.5])                                    # a typical refined score
+    _, _, flagged = rv.decide_flows(np.array([0.995, 0.995]), cells, refined, np.ones(2, bool), calibration, config)
+    assert flagged.tolist() == [False, True]
+
+
+def test_fused_rule_uses_refined_evidence_only_in_triggered_windows():
+    calibration = _calibration(np.random.default_rng(2))
+    config = rv.RearViewConfig(decision_rule="fused", novelty_prior=False, false_alarm_rate=0.01)
+    p, cells, refined = np.array([0.5, 0.5]), np.array([0, 0]), np.array([0.9, 0.9])
+    score, _, flagged = rv.decide_flows(p, cells, refined, np.array([True, False]), calibration, config)
+    assert flagged.tolist() == [True, False] and score[0] > score[1]
+
+
+def test_config_rejects_unknown_decision_rule_and_false_alarm_rate_outside_0_1():
+    with pytest.raises(ValueError, match="decision_rule"):
+        rv.RearViewConfig(decision_rule="vote")
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        rv.RearViewConfig(false_alarm_rate=0.0)
+
+
 def test_config_rejects_unknown_classifier():
     with pytest.raises(ValueError, match="classifier"):
         rv.RearViewConfig(classifier="svm")
@@ -103,6 +186,8 @@ def test_training_writes_only_safetensors_and_json_and_reports_a_threshold(train
     assert metrics["validation_flows"] == 360 and metrics["train_flows"] == 1440
     assert np.isfinite(metrics["threshold"])
     assert 0.0 <= metrics["validation_refined_alarm_rate"] <= 0.02
+    assert 0.0 <= metrics["validation_alarm_rate"] <= 2 * rv.RearViewConfig().false_alarm_rate + 0.01
+    assert sum(metrics["validation_cell_counts"]) == metrics["validation_flows"]
 
 
 def test_distributed_scoring_equals_single_process_across_partition_boundaries(spark, trained_artifact):
