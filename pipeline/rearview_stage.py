@@ -284,14 +284,26 @@ class Calibration:
     refined: np.ndarray
     refined_threshold: float
 
+    @functools.cached_property
+    def sorted_p(self) -> np.ndarray:
+        return np.sort(np.asarray(self.p, dtype=np.float64))
 
-def empirical_tail(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    @functools.cached_property
+    def sorted_refined(self) -> np.ndarray:
+        return np.sort(np.asarray(self.refined, dtype=np.float64))
+
+    @functools.cached_property
+    def prior(self) -> np.ndarray:
+        return cell_prior(self.cell)
+
+
+def empirical_tail(reference: np.ndarray, values: np.ndarray, presorted: bool = False) -> np.ndarray:
     """``(1 + #{reference >= v}) / (len(reference) + 1)`` per value: a conservative p-value.
 
-    ``reference``: ``[V]`` benign values (higher = more anomalous); returns ``[N]`` in
-    ``(0, 1]``, non-increasing in the value.
+    ``reference``: ``[V]`` benign values (higher = more anomalous), ascending already when
+    ``presorted``; returns ``[N]`` in ``(0, 1]``, non-increasing in the value.
     """
-    ordered = np.sort(np.asarray(reference, dtype=np.float64))
+    ordered = reference if presorted else np.sort(np.asarray(reference, dtype=np.float64))
     at_least = len(ordered) - np.searchsorted(ordered, np.asarray(values, dtype=np.float64), side="left")
     return (1.0 + at_least) / (len(ordered) + 1.0)
 
@@ -304,9 +316,9 @@ def cell_prior(validation_cells: np.ndarray, num_cells: int = NUM_FALLBACK_CELLS
 
 def screening_surprise(p: np.ndarray, cells: np.ndarray, calibration: Calibration, novelty_prior: bool) -> np.ndarray:
     """``-ln`` of the validation tail of ``p`` (``[N]``), plus ``-ln`` of the cell's prior when asked."""
-    surprise = -np.log(empirical_tail(calibration.p, p))
+    surprise = -np.log(empirical_tail(calibration.sorted_p, p, presorted=True))
     if novelty_prior:
-        surprise = surprise - np.log(cell_prior(calibration.cell)[np.asarray(cells, dtype=np.int64)])
+        surprise = surprise - np.log(calibration.prior[np.asarray(cells, dtype=np.int64)])
     return surprise
 
 
@@ -315,29 +327,44 @@ def _alarm_level(validation_statistic: np.ndarray, rate: float) -> float:
     return float(np.quantile(validation_statistic, 1.0 - rate, method="higher"))
 
 
+def decision_level(calibration: Calibration, config: RearViewConfig) -> float:
+    """The alarm level of ``config.decision_rule`` from the validation flows alone.
+
+    ``paper``: the refined threshold; ``calibrated``: the validation ``(1 -
+    false_alarm_rate)`` quantile of the screening surprise; ``fused``: that quantile of the
+    Fisher statistic. Validation flows count as triggered (a FIFO window of benign traffic
+    nearly always holds a flow with ``p > suspicious_p``), which can only raise the level.
+    Costs ``O(V log V)``: compute it once per artifact, not per window.
+    """
+    if config.decision_rule == "paper":
+        return calibration.refined_threshold
+    surprise = screening_surprise(calibration.p, calibration.cell, calibration, config.novelty_prior)
+    if config.decision_rule == "calibrated":
+        return max(_alarm_level(surprise, config.false_alarm_rate), 1e-12)
+    statistic = surprise - np.log(empirical_tail(calibration.sorted_refined, calibration.refined, presorted=True))
+    return _alarm_level(statistic, config.false_alarm_rate)
+
+
 def decide_flows(p: np.ndarray, cells: np.ndarray, refined: np.ndarray, window_triggered: np.ndarray,
-                 calibration: Calibration, config: RearViewConfig) -> tuple[np.ndarray, float, np.ndarray]:
+                 calibration: Calibration, config: RearViewConfig,
+                 level: float | None = None) -> tuple[np.ndarray, float, np.ndarray]:
     """``(score [N], threshold, is_anomaly [N])`` under ``config.decision_rule``.
 
-    Validation flows are treated as triggered (a FIFO window of benign traffic nearly
-    always holds a flow with ``p > suspicious_p``), which can only raise the thresholds.
+    ``level``: :func:`decision_level` of ``(calibration, config)`` when already known.
     """
     refined_threshold = calibration.refined_threshold
     if config.decision_rule == "paper":
         score, is_anomaly = decide(p, refined, refined_threshold, config, window_triggered)
         return score, refined_threshold, is_anomaly
+    level = decision_level(calibration, config) if level is None else level
     surprise = screening_surprise(p, cells, calibration, config.novelty_prior)
-    validation_surprise = screening_surprise(calibration.p, calibration.cell, calibration, config.novelty_prior)
     if config.decision_rule == "calibrated":
-        level = max(_alarm_level(validation_surprise, config.false_alarm_rate), 1e-12)
         refined_clause = window_triggered & (refined > refined_threshold)
         gated = np.where(window_triggered, refined, np.minimum(refined, refined_threshold))
         score = np.maximum(gated, refined_threshold * surprise / level)
         return score, refined_threshold, (surprise > level) | refined_clause
-    refined_surprise = -np.log(empirical_tail(calibration.refined, refined))
+    refined_surprise = -np.log(empirical_tail(calibration.sorted_refined, refined, presorted=True))
     statistic = surprise + np.where(window_triggered, refined_surprise, 0.0)
-    validation_statistic = validation_surprise - np.log(empirical_tail(calibration.refined, calibration.refined))
-    level = _alarm_level(validation_statistic, config.false_alarm_rate)
     return statistic, level, statistic > level
 
 
@@ -539,6 +566,7 @@ class RearViewArtifacts:
     classifier: object
     calibration: Calibration
     seen_triplets: frozenset
+    decision_level: float
 
 
 @functools.lru_cache(maxsize=4)
@@ -567,7 +595,8 @@ def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
     calibration = Calibration(stored["p"], stored["cell"], stored["refined"], float(detector["threshold"]))
     seen = frozenset(vocab.pop("seen_triplets"))
     return RearViewArtifacts(config, model_store.load_json(path / "normalisation.json"), vocab,
-                             float(detector["threshold"]), vae, kde, encoder, classifier, calibration, seen)
+                             float(detector["threshold"]), vae, kde, encoder, classifier, calibration, seen,
+                             decision_level(calibration, config))
 
 
 def screen(flows: pd.DataFrame, art: RearViewArtifacts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -582,7 +611,8 @@ def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, triggered: np
                 art: RearViewArtifacts) -> pd.DataFrame:
     refined = refined_scores(art.classifier, z)
     cells = fallback_cells(art.vocab, art.seen_triplets, flows)
-    score, threshold, is_anomaly = decide_flows(p, cells, refined, triggered, art.calibration, art.config)
+    score, threshold, is_anomaly = decide_flows(p, cells, refined, triggered, art.calibration, art.config,
+                                                art.decision_level)
     n = len(flows)
     out = pd.DataFrame({
         "flow_id": flows["flow_id"].astype(str).to_numpy(),

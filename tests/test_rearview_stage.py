@@ -128,6 +128,10 @@ def test_calibrated_rules_flag_about_the_configured_share_of_benign_flows(rule, 
     cells = np.where(rng.random(benign) < 0.95, 0, 3)
     score, threshold, flagged = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration, config)
     assert ((score > threshold) == flagged).all()
+    level = rv.decision_level(calibration, config)                  # once per artifact, then reused
+    reused = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration, config, level)
+    np.testing.assert_array_equal(reused[0], score)
+    assert reused[1] == threshold and (reused[2] == flagged).all()
     screening_budget = 0.01 if rule == "fused" else 0.01 + 0.01      # calibrated: + the refined clause
     assert flagged.mean() < screening_budget + 0.01
     paper = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration, rv.RearViewConfig(decision_rule="paper"))
