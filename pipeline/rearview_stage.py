@@ -136,7 +136,8 @@ class RearViewConfig:
 
     def __post_init__(self) -> None:
         if self.decision_rule not in DECISION_RULES:
-            raise ValueError(f"RearViewConfig.decision_rule must be one of {DECISION_RULES}, got {self.decision_rule!r}")
+            raise ValueError(
+                f"RearViewConfig.decision_rule must be one of {DECISION_RULES}, got {self.decision_rule!r}")
         if not 0.0 < self.false_alarm_rate < 1.0:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
         if self.classifier not in ("iforest", "cblof"):
@@ -398,7 +399,8 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     ``inputs_path``: ``.npz`` (no pickle) with ``features [N, F]``, ``condition [N]``,
     ``is_train [N]``, ``night [N]``, ``src_vertex [N]``, ``dst_vertex [N]``, ``cell [N]``
     (fallback cell), rows in replay order per night. Writes ``vae``/``kde``/``sage``/
-    ``classifier_training``/``calibration`` safetensors into ``out_dir``; returns JSON-able metrics with the calibrated threshold. Only rank 0
+    ``classifier_training``/``calibration`` safetensors into ``out_dir``; returns
+    JSON-able metrics with the calibrated threshold. Only rank 0
     trains (the data of a few nights fits one device); other ranks return ``None``.
     """
     from pipeline.distributed_training import distributed_context

@@ -134,7 +134,8 @@ def test_calibrated_rules_flag_about_the_configured_share_of_benign_flows(rule, 
     assert reused[1] == threshold and (reused[2] == flagged).all()
     screening_budget = 0.01 if rule == "fused" else 0.01 + 0.01      # calibrated: + the refined clause
     assert flagged.mean() < screening_budget + 0.01
-    paper = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration, rv.RearViewConfig(decision_rule="paper"))
+    paper = rv.decide_flows(p, cells, refined, np.ones(benign, bool), calibration,
+                            rv.RearViewConfig(decision_rule="paper"))
     assert paper[2].mean() > 0.04                                     # p > 0.95 flags 5 % by construction
 
 
