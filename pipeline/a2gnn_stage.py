@@ -258,7 +258,7 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     out = out.drop(columns=["atom_key"])
     sizes = np.bincount(atom)
     out["atom_size"] = out["atom_size"].fillna(pd.Series(sizes[atom])).astype("int64")
-    out["atom_density"] = out["atom_density"].fillna(0.0).astype("float64")
+    out["atom_density"] = out["atom_density"].astype("float64").fillna(0.0)
     out["nearest_anchor"] = index
     out["anchor_distance"] = distance
     for column in ("triplet", "screening_probability", "refined_score"):

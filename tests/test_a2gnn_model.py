@@ -298,3 +298,22 @@ def test_an_unknown_detector_option_is_rejected_with_its_field_name():
         check_detector_config(A2GNNConfig(structure="atom_size"))
     with pytest.raises(ValueError, match="holdout_fraction"):
         check_detector_config(A2GNNConfig(holdout_fraction=1.0))
+
+
+def test_detector_scores_follow_the_configured_terms_on_a_known_geometry():
+    anchors = np.array([[0.0, 0.0], [10.0, 0.0]])
+    detector = {"anchors": anchors, "scale": np.array([2.0, 1.0]),
+                "flow_threshold": 4.0, "atom_threshold": 5.0}
+    z = np.array([[3.0, 4.0], [3.0, 4.0], [3.0, 4.0], [3.0, 4.0], [10.0, 1.0]])
+    atom = np.array([0, 0, 0, 0, 1])
+    plain = A2GNNConfig(anchor_scale="none", structure="none")
+    full = A2GNNConfig(anchor_scale="radius", structure="atom_shift")
+
+    flat = detector_scores(z, atom, detector, plain)
+    combined = detector_scores(z, atom, detector, full)
+
+    np.testing.assert_allclose(flat["score"], flat["distance"])
+    np.testing.assert_allclose(flat["distance"], [5.0, 5.0, 5.0, 5.0, 1.0])
+    np.testing.assert_allclose(combined["flow"], [2.5, 2.5, 2.5, 2.5, 1.0])
+    np.testing.assert_allclose(combined["atom"], [2.0 * 2.5, 1.0])
+    np.testing.assert_allclose(combined["score"], [1.0, 1.0, 1.0, 1.0, 0.25])
