@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dataclasses import replace
 import torch
 
 from models.a2gnn import A2GNN, atom_mean, isolation_mask
@@ -284,7 +285,7 @@ def test_holdout_calibration_uses_the_held_out_atoms_and_then_adds_their_anchors
     graph, model = trained
     train, held = split_holdout(graph, 0.25, seed=2)
 
-    detector = fit_detector(model, train, TINY, held)
+    detector = fit_detector(model, train, replace(TINY, calibration="holdout_atoms"), held)
 
     assert detector["anchors"].shape[0] == graph.num_atoms
     assert detector["train_scores"].shape == (held.num_flows,)

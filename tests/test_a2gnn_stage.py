@@ -79,7 +79,8 @@ def night(spark, root, date):
                              for key, table in (("flows", "flows"), ("atoms", "atoms"), ("edges", "graph_edges"))}}
 
 
-TINY = A2GNNConfig(hidden=16, heads=2, out_dim=8, epochs=3, atoms_per_batch=64, seed=5, cpu_threads=1)
+TINY = A2GNNConfig(hidden=16, heads=2, out_dim=8, epochs=3, atoms_per_batch=64, seed=5, cpu_threads=1,
+                   calibration="holdout_atoms")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_training_through_torchdistributor_writes_a_code_free_artifact(trained):
         "anchors.safetensors", "config.json", "metrics.json", "normalisation.json",
         "threshold.json", "weights.safetensors"]
     assert metrics["train_dates"] == ["2026-01-01", "2026-01-02"]
-    # default calibration holds atoms out of training, then adds their anchors
+    # held-out calibration keeps atoms out of training, then adds their anchors
     assert metrics["num_anchors"] == metrics["train_atoms"] + metrics["calibration_atoms"]
     assert metrics["train_atoms"] > metrics["calibration_atoms"] > 0
     assert metrics["flow_threshold"] >= metrics["train_score_quantiles"]["0.95"]
