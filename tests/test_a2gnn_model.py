@@ -1,9 +1,10 @@
 """A2GNN model and training maths: isolation, losses, anchors, no collapse, determinism."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
-from dataclasses import replace
 import torch
 
 from models.a2gnn import A2GNN, atom_mean, isolation_mask
