@@ -157,7 +157,7 @@ def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str
         replay["screening_probability"].to_numpy(), art.config.queue_size,
         eviction_count(art.config.queue_size, art.config.evict_fraction), art.config.suspicious_p,
     ), index=replay["flow_id"]).reindex(merged["flow_id"]).to_numpy()
-    cells = rv.fallback_cells(art.vocab, art.seen_triplets, merged)
+    cells = rv.fallback_cells(art.vocab, merged, rv.unseen_triplets(art.seen_triplets, merged))
     for name, overrides in VARIANTS.items():
         variant = dataclasses.replace(art.config, **overrides)
         score, _, flagged = rv.decide_flows(p, cells, refined, triggered, art.calibration, variant)
@@ -231,7 +231,8 @@ def main() -> None:
         screening_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        z = rv.refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), mu, p, art.encoder,
+        edges = rv.edge_features(mu, rv.unseen_triplets(art.seen_triplets, flows))
+        z = rv.refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p, art.encoder,
                              config.queue_size, eviction_count(config.queue_size, config.evict_fraction))
         rv.refined_scores(art.classifier, z)
         refinement_s = time.perf_counter() - started

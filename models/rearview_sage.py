@@ -1,9 +1,23 @@
 """Anomaly-weighted edge-feature GraphSAGE with Deep Graph Infomax (RearView stage 2).
 
 A session graph has one vertex per IP and one directed edge ``src -> dst`` per flow whose
-features are the flow's VAE latent mean. The encoder produces one embedding per *edge*
-(flow); Deep Graph Infomax (``torch_geometric.nn.DeepGraphInfomax``) trains it without
-labels, its corruption shuffling the edge features across edges.
+features are the flow's VAE latent mean (and, in this project, its relationship novelty:
+``pipeline.rearview_stage``). The encoder produces one embedding per *edge* (flow); Deep
+Graph Infomax (``torch_geometric.nn.DeepGraphInfomax``) trains it without labels, its
+corruption shuffling the edge features across edges.
+
+Two changes to the authors' layer (METHODS.md "RearView" step 3 names
+``z = W [h_src || e]`` and anomaly-weighted *mean* aggregation), both so the layer can see
+coordination, the thing stage 2 exists for:
+
+* the vertex input adds ``log(1 + #outgoing flows)`` and ``log(1 + #incoming flows)``
+  in the window. A weighted mean forgets multiplicity: a host with one flow to a new
+  server and a host with sixty such flows have the same mean, although only the second is
+  a scan, a brute force or a beacon;
+* the edge embedding reads both endpoints, ``z = W [h_src || h_dst || e]``. With the source
+  alone, a flood from many spoofed sources to one victim (each source one flow) or many
+  clients of one new server cannot be told from one-off flows: the coordination is visible
+  only at the destination.
 """
 from __future__ import annotations
 
@@ -38,12 +52,14 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
     For a vertex :math:`v`, the features :math:`e` of its outgoing and of its incoming
     edges are averaged separately, each edge weighted by :math:`w = 1 - p` (``p`` is the
     flow's screening probability, so a flow already judged anomalous barely shapes its
-    neighbours' context):
+    neighbours' context), and joined with the log edge counts
+    :math:`d^{out}_v, d^{in}_v` (number of flows, unweighted):
 
     .. math::
 
-        h_v = \mathrm{ReLU}\left(W_{node}\,[\bar e^{out}_v \,\Vert\, \bar e^{in}_v]\right),
-        \qquad z_{uv} = W_{edge}\,[h_u \,\Vert\, e_{uv}]
+        h_v = \mathrm{ReLU}\left(W_{node}\,[\bar e^{out}_v \,\Vert\, \bar e^{in}_v
+              \,\Vert\, \ln(1 + d^{out}_v) \,\Vert\, \ln(1 + d^{in}_v)]\right),
+        \qquad z_{uv} = W_{edge}\,[h_u \,\Vert\, h_v \,\Vert\, e_{uv}]
 
     Args:
         edge_dim: edge feature width ``D`` (the VAE latent width, 16).
@@ -58,8 +74,8 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
         super().__init__()
         self.edge_dim = edge_dim
         self.out_dim = out_dim
-        self.node_linear = nn.Linear(2 * edge_dim, node_dim)
-        self.edge_linear = nn.Linear(node_dim + edge_dim, out_dim)
+        self.node_linear = nn.Linear(2 * edge_dim + 2, node_dim)
+        self.edge_linear = nn.Linear(2 * node_dim + edge_dim, out_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -75,8 +91,19 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         out_mean = weighted_mean_by_vertex(src, edge_attr, edge_weight, num_nodes)
         in_mean = weighted_mean_by_vertex(dst, edge_attr, edge_weight, num_nodes)
-        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean], dim=1)))
-        return self.edge_linear(torch.cat([node[src], edge_attr], dim=1))
+        ones = torch.ones_like(src, dtype=edge_attr.dtype)
+        counts = torch.zeros(num_nodes, 2, dtype=edge_attr.dtype, device=edge_attr.device)
+        counts[:, 0].index_add_(0, src, ones)
+        counts[:, 1].index_add_(0, dst, ones)
+        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean, torch.log1p(counts)], dim=1)))
+        return self.edge_linear(torch.cat([node[src], node[dst], edge_attr], dim=1))
+
+    @staticmethod
+    def dims_of(state_dict: dict) -> dict:
+        """``edge_dim``, ``node_dim``, ``out_dim`` of a saved :meth:`state_dict`."""
+        node_in = state_dict["node_linear.weight"].shape[1]
+        return {"edge_dim": (node_in - 2) // 2, "node_dim": state_dict["node_linear.weight"].shape[0],
+                "out_dim": state_dict["edge_linear.weight"].shape[0]}
 
 
 def shuffle_edge_features(

@@ -38,6 +38,21 @@ def test_raising_a_flows_screening_probability_lowers_its_influence_on_neighbour
     assert shifts[-1] < 0.01 * shifts[0]
 
 
+def test_edge_embedding_sees_how_many_flows_reach_the_destination():
+    torch.manual_seed(0)
+    encoder = AnomalyWeightedEdgeSAGE(edge_dim=16).eval()
+    attr = np.zeros((1, 16), dtype=np.float32)
+    single = session_graph(np.array(["s0"]), np.array(["victim"]), attr, np.array([0.1]))
+    sources = np.array([f"s{i}" for i in range(60)])             # sixty one-flow sources, one victim
+    flood = session_graph(sources, np.array(["victim"] * 60), np.repeat(attr, 60, axis=0), np.full(60, 0.1))
+    with torch.no_grad():
+        one = encoder(single.edge_index, single.edge_attr, single.edge_weight, single.num_nodes)
+        many = encoder(flood.edge_index, flood.edge_attr, flood.edge_weight, flood.num_nodes)
+    # every flood flow looks like the single flow on its own; only the victim's in-degree differs
+    assert float((many[0] - one[0]).norm()) > 1e-3
+    torch.testing.assert_close(many, many[:1].expand_as(many))
+
+
 def test_session_graph_has_one_vertex_per_ip_and_one_edge_per_flow():
     graph = session_graph(np.array(["a", "b", "a"]), np.array(["b", "c", "c"]),
                           np.zeros((3, 16), dtype=np.float32), np.array([0.2, 0.5, 1.0]))

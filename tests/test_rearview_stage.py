@@ -95,7 +95,50 @@ def test_fallback_cell_is_condition_level_and_whether_the_triplet_was_ever_seen_
     levels = rv.condition_levels(vocab, scored)
     assert [rv.CONDITION_LEVELS[i] for i in levels] == [
         "triplet", "port_protocol", "port_protocol", "protocol", "protocol", "global"]
-    assert rv.fallback_cells(vocab, seen, scored).tolist() == [0, 2, 3, 4, 5, 7]
+    assert rv.fallback_cells(vocab, scored, rv.unseen_triplets(seen, scored)).tolist() == [0, 2, 3, 4, 5, 7]
+
+
+def test_training_night_novelty_is_judged_against_the_other_nights_only():
+    triplets = pd.Series(["a", "b", "a", "c", "b", "d", "c"])
+    night = np.array([0, 0, 0, 0, 1, 1, 1])
+    is_train = np.array([True, True, True, False, True, True, False])
+    # night 0 vs night 1's training flows {b, d}; night 1 vs night 0's training flows {a, b}
+    assert rv.cross_night_novelty(triplets, night, is_train).tolist() == [
+        True, False, True, True, False, True, True]
+
+
+def test_with_one_training_night_only_validation_flows_can_be_novel():
+    triplets = pd.Series(["a", "b", "a", "c"])
+    novel = rv.cross_night_novelty(triplets, np.zeros(4, dtype=int), np.array([True, True, False, False]))
+    assert novel.tolist() == [False, False, False, True]
+
+
+def test_edge_features_append_the_novelty_bit_to_the_latent_mean():
+    edges = rv.edge_features(np.ones((3, 16)), np.array([True, False, True]))
+    assert edges.shape == (3, 17) and edges.dtype == np.float32
+    assert edges[:, -1].tolist() == [1.0, 0.0, 1.0] and (edges[:, :16] == 1).all()
+
+
+def test_tail_model_is_empirical_in_the_bulk_and_keeps_ordering_beyond_the_validation_maximum():
+    rng = np.random.default_rng(0)
+    reference = rng.exponential(size=2000)
+    tail = rv.TailModel.fit(reference)
+    assert np.isfinite(tail.u) and tail.shape == pytest.approx(0.0, abs=0.15)
+    bulk = np.array([0.1, 0.5, 1.0])
+    np.testing.assert_allclose(tail.survival(bulk), rv.empirical_tail(reference, bulk))
+    beyond = reference.max() + np.array([1.0, 2.0, 4.0])
+    far = tail.survival(beyond)
+    assert (np.diff(far) < 0).all() and far[0] < 1 / (len(reference) + 1)
+    np.testing.assert_allclose(far, np.exp(-beyond), rtol=0.5)     # exponential: sf = e^-x
+    level = tail.level(0.001)
+    assert tail.survival(np.array([level]))[0] == pytest.approx(0.001, rel=1e-6)
+    assert level == pytest.approx(-np.log(0.001), rel=0.15)
+
+
+def test_tail_model_without_enough_exceedances_stays_empirical():
+    tail = rv.TailModel.fit(np.arange(50.0))
+    assert not np.isfinite(tail.u)
+    np.testing.assert_allclose(tail.survival(np.array([49.0, 100.0])), [2 / 51, 1 / 51])
 
 
 def test_empirical_tail_counts_reference_values_at_least_as_extreme_plus_one():
