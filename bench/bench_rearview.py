@@ -11,7 +11,8 @@ order:
 * screening: feature normalisation + condition lookup + conditional VAE + KDE
   probabilities (``pipeline.rearview_stage.screen``), one pass;
 * refinement: FIFO windows -> session graphs -> anomaly-weighted GraphSAGE edge
-  embeddings -> classifier score (``refine_stream`` + ``refined_scores``).
+  embeddings -> classifier score, for every ensemble member (``refine_stream`` +
+  ``ensemble_refined``).
 
 Prints one JSON line with flows/s and ms per flow (the paper claims < 2 ms per flow).
 
@@ -232,9 +233,11 @@ def main() -> None:
 
         started = time.perf_counter()
         edges = rv.edge_features(mu, rv.unseen_triplets(art.seen_triplets, flows))
-        z = rv.refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p, art.encoder,
-                             config.queue_size, eviction_count(config.queue_size, config.evict_fraction))
-        rv.refined_scores(art.classifier, z)
+        evict = eviction_count(config.queue_size, config.evict_fraction)
+        rv.ensemble_refined(art.members, [
+            rv.refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p, member.encoder,
+                             config.queue_size, evict)
+            for member in art.members])
         refinement_s = time.perf_counter() - started
     result = {
         "flows": args.flows, "device": args.device, "torch_threads": torch.get_num_threads(),

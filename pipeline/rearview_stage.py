@@ -12,20 +12,27 @@ Training (:func:`train_rearview`):
    training flows; otherwise its ``(port, protocol)`` when the rare triplets of that port
    and protocol pool at least that many; otherwise its protocol; a global condition covers
    protocols never seen in training.
-3. In a ``TorchDistributor`` worker (:func:`train_rearview_worker`): the conditional VAE
-   and per-condition KDEs (stage 1), the anomaly-weighted GraphSAGE with DGI over the
-   FIFO session graphs of the training flows (stage 2), the edge embeddings of all
-   training-night flows, the unsupervised classifier on the training flows' embeddings
-   and the operating threshold: the level that ``1 - threshold_quantile`` of the
-   classifier's scores on the benign validation flows exceed (:class:`TailModel`: a GPD
-   fitted to the top 10 % of them, less noisy than the empirical quantile). Test labels are never read.
+3. Relationship novelty (:func:`cross_night_novelty`): a training-night flow is *novel*
+   when its triplet has no training flow on the *other* training nights (a scored night:
+   no training flow at all), which gives benign flows the novelty rate of a new night.
+4. In a ``TorchDistributor`` worker (:func:`train_rearview_worker`): the conditional VAE
+   and per-condition KDEs (stage 1); then ``ensemble_size`` independently seeded
+   *members* (stage 2 + 3), each an anomaly-weighted GraphSAGE trained with DGI over the
+   FIFO session graphs of the training flows (edge features: latent mean and novelty,
+   :func:`edge_features`; vertex counts and both endpoints in the edge embedding,
+   ``models.rearview_sage``) and the unsupervised classifier on the training flows'
+   embeddings; the refined score is the members' mean standardised classifier score
+   (:func:`ensemble_refined`). Operating threshold: the level that ``1 -
+   threshold_quantile`` of the benign validation flows' refined scores exceed
+   (:class:`TailModel`: a GPD fitted to the top 10 % of them, less noisy than the
+   empirical quantile). Test labels are never read.
 
-The classifier is not serialised: the artifact stores the training embeddings it was
-fitted on, and :func:`load_artifacts` refits it deterministically (fixed seed), which
-reproduces the same model with no pickle anywhere.
+The classifiers are not serialised: the artifact stores the training embeddings each was
+fitted on, and :func:`load_artifacts` refits them deterministically (fixed seeds), which
+reproduces the same models with no pickle anywhere.
 
-Decision (stage 3): ``refined_score`` is the classifier's anomaly score of the flow's
-edge embedding. As in the authors' code, a *suspicious* flow (``p > suspicious_p``, 0.6)
+Decision (stage 3): ``refined_score`` is the ensemble's anomaly score of the flow's edge
+embeddings. As in the authors' code, a *suspicious* flow (``p > suspicious_p``, 0.6)
 triggers the refinement of its FIFO window. ``decision_rule`` then picks the verdict
 (:func:`decide_flows`; every threshold comes from the benign validation flows, whose
 ``p``, fallback cell and refined score the artifact stores):
@@ -33,18 +40,20 @@ triggers the refinement of its FIFO window. ``decision_rule`` then picks the ver
 * ``"paper"``: anomalous when ``p > screening_alarm_p`` (0.95), or when the home window
   was triggered and ``refined_score > threshold`` (:func:`decide`). ``p`` is a CDF of
   training values, so the first clause flags ~5 % of benign flows by construction.
-* ``"calibrated"``: the screening clause becomes ``screening surprise > its validation
-  (1 - false_alarm_rate) quantile``, the refined clause is unchanged.
-* ``"fused"``: screening and refined evidence become empirical tail probabilities on the
-  validation flows, combined by Fisher's method (sum of ``-ln tail``; the refined term
-  only in triggered windows) and thresholded at the validation
-  ``(1 - false_alarm_rate)`` quantile of the same statistic.
+* ``"calibrated"`` (default): the screening clause becomes ``screening surprise > the
+  level its validation values exceed with probability false_alarm_rate``, the refined
+  clause is unchanged.
+* ``"fused"``: screening and refined evidence become validation tail probabilities,
+  combined by Fisher's method (sum of ``-ln tail``; the refined term only in triggered
+  windows) and thresholded at the level of the same statistic that validation flows
+  exceed with probability ``false_alarm_rate``.
 
-Screening surprise = ``-ln`` of the validation tail of ``p``; with ``novelty_prior`` it
-adds ``-ln`` of the validation share of the flow's *fallback cell* (:func:`fallback_cells`:
-condition level x whether its triplet occurred in training at all), i.e. it is the
-probability that a benign flow falls back that far *and* is at least that extreme. In
-every rule ``score > threshold`` exactly when ``is_anomaly``.
+Every validation tail is a :class:`TailModel` (empirical in the bulk, GPD above the 90 %
+quantile). Screening surprise = ``-ln`` of the validation tail of ``p``; with
+``novelty_prior`` it adds ``-ln`` of the validation share of the flow's *fallback cell*
+(:func:`fallback_cells`: condition level x novel), i.e. it is the probability that a
+benign flow falls back that far *and* is at least that extreme. In every rule ``score >
+threshold`` exactly when ``is_anomaly``.
 
 Scoring (:func:`score_rearview`) numbers the flows in start order, replicates each flow
 into every FIFO window that contains it (``pipeline.rearview_windows``: consecutive
@@ -115,6 +124,9 @@ class RearViewConfig:
     (``calibrated``) or of the whole fused statistic (``fused``).
     ``novelty_prior``: the screening surprise adds ``-ln`` of the validation share of the
     flow's fallback cell (not used by ``paper``).
+    ``ensemble_size``: refinement members (encoder + classifier) averaged into the refined
+    score (:func:`ensemble_refined`); 5 was fixed before any dev measurement of it, as a
+    cost/variance compromise (refinement costs K times one member).
     """
 
     queue_size: int = 2000
@@ -130,6 +142,7 @@ class RearViewConfig:
     sage_epochs: int = 100
     sage_learning_rate: float = 1e-3
     classifier: str = "iforest"
+    ensemble_size: int = 5
     validation_fraction: float = 0.2
     threshold_quantile: float = 0.99
     seed: int = 0
@@ -149,6 +162,8 @@ class RearViewConfig:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
         if self.classifier not in ("iforest", "cblof"):
             raise ValueError(f"RearViewConfig.classifier must be 'iforest' or 'cblof', got {self.classifier!r}")
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.threshold_quantile <= 1.0:
@@ -309,6 +324,52 @@ def refined_scores(classifier, embeddings: np.ndarray) -> np.ndarray:
     if hasattr(classifier, "score_samples") and not hasattr(classifier, "decision_scores_"):
         return -classifier.score_samples(embeddings).astype(np.float64)
     return classifier.decision_function(embeddings).astype(np.float64)
+
+
+MEMBER_SEED_STRIDE = 7919
+"""Member ``k`` of a refinement ensemble trains with ``seed + 7919 k`` (a prime stride, so
+the ensembles of nearby seeds such as 0 and 1 share no member)."""
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Training seed of ensemble member ``member`` (member 0 uses ``seed`` itself)."""
+    return seed + MEMBER_SEED_STRIDE * member
+
+
+@dataclass(frozen=True)
+class RefinementMember:
+    """One stage-2/3 member: a DGI-trained encoder, the classifier on its benign training
+    embeddings, and the mean/std of that classifier's scores on those embeddings (to put
+    members on one scale before averaging)."""
+
+    encoder: AnomalyWeightedEdgeSAGE
+    classifier: object
+    score_mean: float
+    score_std: float
+
+    @classmethod
+    def fit(cls, encoder: AnomalyWeightedEdgeSAGE, kind: str, train_embeddings: np.ndarray,
+            seed: int) -> "RefinementMember":
+        classifier = fit_classifier(kind, train_embeddings, seed)
+        scores = refined_scores(classifier, train_embeddings)
+        return cls(encoder, classifier, float(scores.mean()), float(max(scores.std(), 1e-12)))
+
+    def standardised(self, embeddings: np.ndarray) -> np.ndarray:
+        """``[N]`` classifier score in units of the training flows' score std."""
+        return (refined_scores(self.classifier, embeddings) - self.score_mean) / self.score_std
+
+
+def ensemble_refined(members: tuple[RefinementMember, ...], embeddings: list[np.ndarray]) -> np.ndarray:
+    """Refined score ``[N]``: the mean over members of :meth:`RefinementMember.standardised`.
+
+    ``embeddings[k]``: ``[N, 64]`` edge embeddings of the same flows by member ``k``'s
+    encoder. Why an ensemble: one DGI encoder and one classifier are a single draw; at the
+    dev archive's operating points whole attack kinds (60 identical flood flows) sit at
+    the threshold, so a different seed flips them. Averaging ``ensemble_size`` independently
+    seeded members shrinks that seed variance (~1/sqrt(K) for independent members) at K
+    times the refinement cost; screening is shared.
+    """
+    return np.mean([m.standardised(z) for m, z in zip(members, embeddings)], axis=0)
 
 
 def decide(probability: np.ndarray, refined: np.ndarray, threshold: float, config: RearViewConfig,
@@ -573,24 +634,30 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     for n in np.unique(night):
         rows = np.flatnonzero((night == n) & is_train)
         graphs += [g for _, _, g in _graphs_for_stream(src[rows], dst[rows], edges[rows], p[rows], queue, evict)]
-    encoder, dgi_history = train_edge_dgi(
-        graphs, edges.shape[1], epochs=params["sage_epochs"], learning_rate=params["sage_learning_rate"],
-        seed=seed, device=device,
-    )
-    z = np.zeros((len(x), encoder.out_dim), dtype=np.float32)
-    for n in np.unique(night):
-        rows = np.flatnonzero(night == n)
-        z[rows] = refine_stream(src[rows], dst[rows], edges[rows], p[rows], encoder, queue, evict, device)
-
-    classifier = fit_classifier(params["classifier"], z[is_train], seed)
     validation = ~is_train
-    refined_validation = refined_scores(classifier, z[validation])
+    members, sage_state, train_embeddings, validation_embeddings, dgi_history = [], {}, {}, [], []
+    for k in range(params["ensemble_size"]):
+        encoder, history = train_edge_dgi(
+            graphs, edges.shape[1], epochs=params["sage_epochs"], learning_rate=params["sage_learning_rate"],
+            seed=member_seed(seed, k), device=device,
+        )
+        z = np.zeros((len(x), encoder.out_dim), dtype=np.float32)
+        for n in np.unique(night):
+            rows = np.flatnonzero(night == n)
+            z[rows] = refine_stream(src[rows], dst[rows], edges[rows], p[rows], encoder, queue, evict, device)
+        members.append(RefinementMember.fit(encoder.cpu(), params["classifier"], z[is_train], member_seed(seed, k)))
+        sage_state.update({f"member{k}.{name}": value for name, value in encoder.state_dict().items()})
+        train_embeddings[f"member{k}"] = torch.from_numpy(z[is_train])
+        validation_embeddings.append(z[validation])
+        dgi_history.append(history)
+    dgi_history = np.mean(dgi_history, axis=0).tolist()
+    refined_validation = ensemble_refined(tuple(members), validation_embeddings)
     threshold = TailModel.fit(refined_validation).level(1.0 - params["threshold_quantile"])
 
     model_store.save_tensors(out / "vae.safetensors", vae.state_dict())
-    model_store.save_tensors(out / "sage.safetensors", encoder.state_dict())
+    model_store.save_tensors(out / "sage.safetensors", sage_state)
     model_store.save_tensors(out / "kde.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kde.items()})
-    model_store.save_tensors(out / "classifier_training.safetensors", {"embeddings": torch.from_numpy(z[is_train])})
+    model_store.save_tensors(out / "classifier_training.safetensors", train_embeddings)
     p_val = p[validation]
     calibration = Calibration(p_val.astype(np.float64), cell[validation].astype(np.int64),
                               refined_validation.astype(np.float64), threshold)
@@ -699,8 +766,7 @@ class RearViewArtifacts:
     threshold: float
     vae: ConditionalVAE
     kde: dict
-    encoder: AnomalyWeightedEdgeSAGE
-    classifier: object
+    members: tuple[RefinementMember, ...]
     calibration: Calibration
     seen_triplets: frozenset
     decision_level: float
@@ -721,16 +787,21 @@ def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
     vae.eval()
     kde = {k: v.numpy() for k, v in model_store.load_tensors(path / "kde.safetensors").items()}
     sage_state = model_store.load_tensors(path / "sage.safetensors")
-    encoder = AnomalyWeightedEdgeSAGE(**AnomalyWeightedEdgeSAGE.dims_of(sage_state))
-    encoder.load_state_dict(sage_state)
-    encoder.eval()
-    embeddings = model_store.load_tensors(path / "classifier_training.safetensors")["embeddings"].numpy()
-    classifier = fit_classifier(detector["classifier"], embeddings, detector["seed"])
+    embeddings = model_store.load_tensors(path / "classifier_training.safetensors")
+    members = []
+    for k in range(config.ensemble_size):
+        prefix = f"member{k}."
+        state = {name[len(prefix):]: value for name, value in sage_state.items() if name.startswith(prefix)}
+        encoder = AnomalyWeightedEdgeSAGE(**AnomalyWeightedEdgeSAGE.dims_of(state))
+        encoder.load_state_dict(state)
+        encoder.eval()
+        members.append(RefinementMember.fit(encoder, detector["classifier"], embeddings[f"member{k}"].numpy(),
+                                            member_seed(detector["seed"], k)))
     stored = {k: v.numpy() for k, v in model_store.load_tensors(path / "calibration.safetensors").items()}
     calibration = Calibration(stored["p"], stored["cell"], stored["refined"], float(detector["threshold"]))
     seen = frozenset(vocab.pop("seen_triplets"))
     return RearViewArtifacts(config, model_store.load_json(path / "normalisation.json"), vocab,
-                             float(detector["threshold"]), vae, kde, encoder, classifier, calibration, seen,
+                             float(detector["threshold"]), vae, kde, tuple(members), calibration, seen,
                              decision_level(calibration, config))
 
 
@@ -742,9 +813,8 @@ def screen(flows: pd.DataFrame, art: RearViewArtifacts) -> tuple[np.ndarray, np.
     return condition, kde_probability(art.kde, condition, err, norm), mu
 
 
-def _score_rows(flows: pd.DataFrame, p: np.ndarray, z: np.ndarray, triggered: np.ndarray,
+def _score_rows(flows: pd.DataFrame, p: np.ndarray, refined: np.ndarray, triggered: np.ndarray,
                 art: RearViewArtifacts) -> pd.DataFrame:
-    refined = refined_scores(art.classifier, z)
     cells = fallback_cells(art.vocab, flows, unseen_triplets(art.seen_triplets, flows))
     score, threshold, is_anomaly = decide_flows(p, cells, refined, triggered, art.calibration, art.config,
                                                 art.decision_level)
@@ -791,10 +861,12 @@ def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataF
     _, p, mu = screen(flows, art)
     evict = eviction_count(art.config.queue_size, art.config.evict_fraction)
     edges = edge_features(mu, unseen_triplets(art.seen_triplets, flows))
-    z = refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                      art.encoder, art.config.queue_size, evict)
+    refined = ensemble_refined(art.members, [
+        refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
+                      member.encoder, art.config.queue_size, evict)
+        for member in art.members])
     triggered = triggered_windows(p, art.config.queue_size, evict, art.config.suspicious_p)
-    return _score_rows(flows, p, z, triggered, art)
+    return _score_rows(flows, p, refined, triggered, art)
 
 
 def _score_window_group(artifact_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -805,10 +877,10 @@ def _score_window_group(artifact_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
     _, p, mu = screen(frame, art)
     edges = edge_features(mu, unseen_triplets(art.seen_triplets, frame))
     graph = session_graph(frame["src_ip"].to_numpy(), frame["dst_ip"].to_numpy(), edges, p)
-    z = embed_edges(art.encoder, graph)
     home = (frame["home_window"] == frame["window_id"]).to_numpy()
+    refined = ensemble_refined(art.members, [embed_edges(member.encoder, graph)[home] for member in art.members])
     triggered = np.full(int(home.sum()), bool((p > art.config.suspicious_p).any()))
-    return _score_rows(frame[home].reset_index(drop=True), p[home], z[home], triggered, art)
+    return _score_rows(frame[home].reset_index(drop=True), p[home], refined, triggered, art)
 
 
 def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str):

@@ -210,6 +210,27 @@ def test_config_rejects_unknown_decision_rule_and_false_alarm_rate_outside_0_1()
         rv.RearViewConfig(false_alarm_rate=0.0)
 
 
+def test_refined_score_is_the_mean_of_the_members_standardised_classifier_scores():
+    rng = np.random.default_rng(3)
+    train = [rng.normal(size=(300, 4)), rng.normal(scale=10.0, size=(300, 4))]   # members on different scales
+    members = tuple(rv.RefinementMember.fit(None, "iforest", z, seed=k) for k, z in enumerate(train))
+    for member, z in zip(members, train):
+        standard = member.standardised(z)
+        assert standard.mean() == pytest.approx(0.0, abs=1e-9) and standard.std() == pytest.approx(1.0)
+    scored = [np.vstack([z[:5], 8 * z.std() * np.ones((1, 4))]) for z in train]
+    refined = rv.ensemble_refined(members, scored)
+    expected = (members[0].standardised(scored[0]) + members[1].standardised(scored[1])) / 2
+    np.testing.assert_allclose(refined, expected)
+    assert refined.argmax() == 5                                                 # the far point, in both members
+
+
+def test_ensembles_of_nearby_seeds_share_no_member():
+    size = rv.RearViewConfig().ensemble_size
+    seeds = [{rv.member_seed(seed, k) for k in range(size)} for seed in (0, 1, 42)]
+    assert rv.member_seed(42, 0) == 42
+    assert all(len(a & b) == 0 for i, a in enumerate(seeds) for b in seeds[i + 1:])
+
+
 def test_config_rejects_unknown_classifier():
     with pytest.raises(ValueError, match="classifier"):
         rv.RearViewConfig(classifier="svm")
