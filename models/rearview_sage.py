@@ -10,10 +10,11 @@ Two changes to the authors' layer (METHODS.md "RearView" step 3 names
 ``z = W [h_src || e]`` and anomaly-weighted *mean* aggregation), both so the layer can see
 coordination, the thing stage 2 exists for:
 
-* the vertex input adds ``log(1 + #outgoing flows)`` and ``log(1 + #incoming flows)``
-  in the window. A weighted mean forgets multiplicity: a host with one flow to a new
-  server and a host with sixty such flows have the same mean, although only the second is
-  a scan, a brute force or a beacon;
+* the vertex input adds ``log(1 + #outgoing flows)``, ``log(1 + #incoming flows)`` and
+  the same for distinct peers (fan-out, fan-in) in the window. A weighted mean forgets
+  multiplicity: a host with one flow to a new server and a host with sixty such flows
+  have the same mean, although only the second is a scan, a brute force or a beacon; and
+  sixty flows from sixty hosts (a flood, a sweep) differ from sixty from one host;
 * the edge embedding reads both endpoints, ``z = W [h_src || h_dst || e]``. With the source
   alone, a flood from many spoofed sources to one victim (each source one flow) or many
   clients of one new server cannot be told from one-off flows: the coordination is visible
@@ -27,7 +28,23 @@ from torch import nn
 from torch_geometric.nn import DeepGraphInfomax
 
 EMBEDDING_DIM = 64
+NUM_COUNTS = 4
 _EPS = 1e-8
+
+
+def vertex_counts(edge_index: torch.Tensor, num_nodes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[num_nodes, 4]``: outgoing flows, incoming flows, distinct out-neighbours,
+    distinct in-neighbours of each vertex (``edge_index [2, E]``, one edge per flow)."""
+    src, dst = edge_index[0], edge_index[1]
+    counts = torch.zeros(num_nodes, NUM_COUNTS, dtype=dtype, device=edge_index.device)
+    ones = torch.ones(src.shape[0], dtype=dtype, device=edge_index.device)
+    counts[:, 0].index_add_(0, src, ones)
+    counts[:, 1].index_add_(0, dst, ones)
+    pairs = torch.unique(src * num_nodes + dst)
+    pair_ones = torch.ones(pairs.shape[0], dtype=dtype, device=edge_index.device)
+    counts[:, 2].index_add_(0, torch.div(pairs, num_nodes, rounding_mode="floor"), pair_ones)
+    counts[:, 3].index_add_(0, pairs % num_nodes, pair_ones)
+    return counts
 
 
 def weighted_mean_by_vertex(
@@ -52,13 +69,14 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
     For a vertex :math:`v`, the features :math:`e` of its outgoing and of its incoming
     edges are averaged separately, each edge weighted by :math:`w = 1 - p` (``p`` is the
     flow's screening probability, so a flow already judged anomalous barely shapes its
-    neighbours' context), and joined with the log edge counts
-    :math:`d^{out}_v, d^{in}_v` (number of flows, unweighted):
+    neighbours' context), and joined with the log counts :math:`d_v` of its outgoing and
+    incoming flows and of its distinct out- and in-neighbours (unweighted):
 
     .. math::
 
         h_v = \mathrm{ReLU}\left(W_{node}\,[\bar e^{out}_v \,\Vert\, \bar e^{in}_v
-              \,\Vert\, \ln(1 + d^{out}_v) \,\Vert\, \ln(1 + d^{in}_v)]\right),
+              \,\Vert\, \ln(1 + d_v)]\right), \quad
+        d_v = (d^{out}_v, d^{in}_v, n^{out}_v, n^{in}_v),
         \qquad z_{uv} = W_{edge}\,[h_u \,\Vert\, h_v \,\Vert\, e_{uv}]
 
     Args:
@@ -74,7 +92,7 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
         super().__init__()
         self.edge_dim = edge_dim
         self.out_dim = out_dim
-        self.node_linear = nn.Linear(2 * edge_dim + 2, node_dim)
+        self.node_linear = nn.Linear(2 * edge_dim + NUM_COUNTS, node_dim)
         self.edge_linear = nn.Linear(2 * node_dim + edge_dim, out_dim)
         self.reset_parameters()
 
@@ -91,18 +109,14 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         out_mean = weighted_mean_by_vertex(src, edge_attr, edge_weight, num_nodes)
         in_mean = weighted_mean_by_vertex(dst, edge_attr, edge_weight, num_nodes)
-        ones = torch.ones_like(src, dtype=edge_attr.dtype)
-        counts = torch.zeros(num_nodes, 2, dtype=edge_attr.dtype, device=edge_attr.device)
-        counts[:, 0].index_add_(0, src, ones)
-        counts[:, 1].index_add_(0, dst, ones)
-        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean, torch.log1p(counts)], dim=1)))
+        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean, torch.log1p(vertex_counts(edge_index, num_nodes, edge_attr.dtype))], dim=1)))
         return self.edge_linear(torch.cat([node[src], node[dst], edge_attr], dim=1))
 
     @staticmethod
     def dims_of(state_dict: dict) -> dict:
         """``edge_dim``, ``node_dim``, ``out_dim`` of a saved :meth:`state_dict`."""
         node_in = state_dict["node_linear.weight"].shape[1]
-        return {"edge_dim": (node_in - 2) // 2, "node_dim": state_dict["node_linear.weight"].shape[0],
+        return {"edge_dim": (node_in - NUM_COUNTS) // 2, "node_dim": state_dict["node_linear.weight"].shape[0],
                 "out_dim": state_dict["edge_linear.weight"].shape[0]}
 
 

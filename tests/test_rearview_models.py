@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from models.rearview_cvae import ConditionalVAE
-from models.rearview_sage import AnomalyWeightedEdgeSAGE, shuffle_edge_features
+from models.rearview_sage import AnomalyWeightedEdgeSAGE, shuffle_edge_features, vertex_counts
 from models.rearview_training import session_graph, train_cvae, train_edge_dgi
 
 
@@ -51,6 +51,12 @@ def test_edge_embedding_sees_how_many_flows_reach_the_destination():
     # every flood flow looks like the single flow on its own; only the victim's in-degree differs
     assert float((many[0] - one[0]).norm()) > 1e-3
     torch.testing.assert_close(many, many[:1].expand_as(many))
+
+
+def test_vertex_counts_are_flows_and_distinct_peers_per_direction():
+    # a -> b twice, a -> c, d -> b
+    counts = vertex_counts(torch.tensor([[0, 0, 0, 3], [1, 1, 2, 1]]), num_nodes=4)
+    assert counts.tolist() == [[3, 0, 2, 0], [0, 3, 0, 2], [0, 1, 0, 1], [1, 0, 1, 0]]
 
 
 def test_session_graph_has_one_vertex_per_ip_and_one_edge_per_flow():
