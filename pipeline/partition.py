@@ -18,10 +18,19 @@ Projection to the flow graph (vertices: flows; undirected weighted edges):
 
 Parallel weights of one flow pair (e.g. a similarity edge and a shared host) are summed.
 
+The cliques are never shuffled: Spark carries the flow graph in compact form
+(``flow_graph_parts``: semantic edges plus one membership row per flow of each eligible
+host or host pair, ``d`` rows where the clique has ``d (d - 1) / 2`` edges), computes weakly
+connected components on it (a star has the same components as its clique), and each
+Leiden task expands its own components' cliques in numpy (``clique_pairs``). On a
+generated 1M-flow night the projection has 9.0M edges, which the previous version
+shuffled twice (projection, components) and sent to one task (docs/benchmarks.md).
+
 Leiden (``leidenalg`` on igraph) runs separately per weakly connected component of the
 flow graph; components are hashed into ``leiden_buckets`` groups and each group runs as one
-``groupBy(bucket).applyInPandas`` task that loops over its components (a task per component
-would pay pandas overhead per component: most components are tiny).
+``groupBy(bucket).applyInPandas`` task that handles all its components in one vectorised
+pass (``atoms_of_components``), calling Leiden once per component larger than
+``tiny_component_size``.
 With ``objective_scope="graph"`` (default) each component optimises exactly its share of
 the *whole-graph* quality: modularity with total weight m equals, on a component with
 total weight m_c, ``RBConfigurationVertexPartition`` with resolution ``gamma x m_c / m``
@@ -106,7 +115,8 @@ def leiden_membership(
     import igraph as ig
     import leidenalg
 
-    graph = ig.Graph(n=n_vertices, edges=list(zip(sources.tolist(), targets.tolist())), directed=False)
+    edges = np.column_stack([np.asarray(sources, np.int64), np.asarray(targets, np.int64)])
+    graph = ig.Graph(n=n_vertices, edges=edges.tolist(), directed=False)
     graph.es["weight"] = np.asarray(weights, dtype=np.float64).tolist()
     component_weight = float(np.sum(weights))
     scale = 1.0
@@ -128,63 +138,154 @@ def leiden_membership(
     return np.asarray(partition.membership, dtype=np.int64)
 
 
+def clique_pairs(group: np.ndarray, member: np.ndarray, weight: np.ndarray):
+    """Every pair of members of each group: the projection of a star to a clique.
+
+    ``group``: ``[n]`` group codes (any sortable ints), ``member``: ``[n]`` member
+    indices, ``weight``: ``[n]`` the weight each pair of that group gets (constant within
+    a group). Returns ``(i, j, w)``, ``[n_pairs]`` each, with ``i`` and ``j`` members of
+    one group. Vectorised: one pass per offset ``k < largest group``, so the cost is
+    ``O(n x largest group)`` with no Python loop over groups.
+    """
+    order = np.lexsort((member, group))
+    group, member, weight = group[order], member[order], weight[order]
+    pieces_i, pieces_j, pieces_w = [], [], []
+    for k in range(1, len(group)):
+        same = group[:-k] == group[k:]
+        if not same.any():
+            break
+        pieces_i.append(member[:-k][same])
+        pieces_j.append(member[k:][same])
+        pieces_w.append(weight[:-k][same])
+    if not pieces_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float64)
+    return np.concatenate(pieces_i), np.concatenate(pieces_j), np.concatenate(pieces_w)
+
+
+def sum_parallel_edges(a: np.ndarray, b: np.ndarray, w: np.ndarray, n_vertices: int):
+    """Undirected simple graph from a multigraph: ``(a, b, w)`` with ``a < b``, sorted by
+    ``(a, b)``, parallel weights summed and self-loops dropped. Indices ``< n_vertices``."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    keep = low != high
+    keys = low[keep] * np.int64(n_vertices) + high[keep]
+    unique, inverse = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inverse, weights=np.asarray(w, np.float64)[keep], minlength=len(unique))
+    return unique // n_vertices, unique % n_vertices, summed
+
+
+def atoms_of_components(
+    flow_ids: np.ndarray,
+    component_of: np.ndarray,
+    sources: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    config: PartitionConfig,
+    total_weight: float | None = None,
+) -> pd.DataFrame:
+    """Atoms of several whole components at once (one Spark task's share).
+
+    ``flow_ids``: ``[n]`` every flow of the components; ``component_of``: ``[n]`` the
+    component label of each flow; ``sources``/``targets``: ``[m]`` indices into
+    ``flow_ids`` of the flow graph's edges (parallel edges are summed), ``weights``:
+    ``[m]``. Returns the ATOMS columns for these flows.
+
+    Within a component the vertices are ordered by flow id and the edges by ``(a, b)``,
+    so the atoms depend only on the component's content and the seed, not on which other
+    components share the task. Components of at most ``tiny_component_size`` flows, or
+    without edges, are one atom each (no Leiden call).
+    """
+    flow_ids = np.asarray(flow_ids, dtype=object)
+    component_of = np.asarray(component_of, dtype=object)
+    n = len(flow_ids)
+    order = np.lexsort((flow_ids.astype(str), component_of.astype(str)))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    flow_ids, component_of = flow_ids[order], component_of[order]
+    sources, targets = np.asarray(sources, np.int64), np.asarray(targets, np.int64)
+    if len(sources) and (min(sources.min(), targets.min()) < 0 or max(sources.max(), targets.max()) >= n):
+        raise ValueError("an edge names a flow that is not among flow_ids")
+    a, b, w = sum_parallel_edges(rank[sources], rank[targets], weights, max(n, 1))
+
+    starts = np.flatnonzero(np.r_[True, component_of[1:] != component_of[:-1]]) if n else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n]
+    component_index = np.repeat(np.arange(len(starts)), ends - starts)
+    edge_bounds = np.searchsorted(a, np.r_[starts, n])  # edges sorted by a: a component's edges are contiguous
+    community = np.zeros(n, np.int64)
+    next_community = 0
+    for c, (start, end) in enumerate(zip(starts, ends)):
+        size = end - start
+        lo, hi = edge_bounds[c], edge_bounds[c + 1]
+        if size <= config.tiny_component_size or hi == lo:
+            community[start:end] = next_community
+            next_community += 1
+            continue
+        if size > config.giant_component_size:
+            log.warning("giant component: %d flows, %d edges, partitioned in one task", size, hi - lo)
+        local = leiden_membership(size, a[lo:hi] - start, b[lo:hi] - start, w[lo:hi], config, total_weight)
+        community[start:end] = next_community + local
+        next_community += int(local.max()) + 1
+    return _atom_table(flow_ids, community, starts, component_index, a, b, w)
+
+
 def atoms_of_component(
     flow_ids: np.ndarray,
     edges: pd.DataFrame,
     config: PartitionConfig,
     total_weight: float | None = None,
 ) -> pd.DataFrame:
-    """Atoms of one component: ``flow_ids`` (all its flows) and ``edges`` (a, b, weight).
-
-    Returns the ATOMS columns for these flows. Vertices are ordered by flow id and edges
-    by (a, b), so the result depends only on the content and the seed.
-    """
-    flow_ids = np.sort(np.asarray(flow_ids, dtype=object))
-    index = {flow: i for i, flow in enumerate(flow_ids)}
-    edges = edges.sort_values(["a", "b"], kind="stable")
-    sources = edges["a"].map(index).to_numpy(np.int64)
-    targets = edges["b"].map(index).to_numpy(np.int64)
-    weights = edges["weight"].to_numpy(np.float64)
-    if len(flow_ids) <= config.tiny_component_size or len(edges) == 0:
-        membership = np.zeros(len(flow_ids), dtype=np.int64)
-    else:
-        if len(flow_ids) > config.giant_component_size:
-            log.warning(
-                "giant component: %d flows, %d edges, partitioned in one task",
-                len(flow_ids), len(edges),
-            )
-        membership = leiden_membership(len(flow_ids), sources, targets, weights, config, total_weight)
-    return _atom_table(flow_ids, membership, sources, targets, weights)
+    """Atoms of one component: ``flow_ids`` (all its flows) and ``edges`` (a, b, weight
+    with flow ids). Returns the ATOMS columns for these flows."""
+    flow_ids = np.asarray(flow_ids, dtype=object)
+    index = pd.Index(flow_ids)
+    return atoms_of_components(
+        flow_ids,
+        np.zeros(len(flow_ids), dtype=object),
+        index.get_indexer(edges["a"]),
+        index.get_indexer(edges["b"]),
+        edges["weight"].to_numpy(np.float64),
+        config,
+        total_weight,
+    )
 
 
-def _atom_table(flow_ids, membership, sources, targets, weights) -> pd.DataFrame:
-    frame = pd.DataFrame({"flow_id": flow_ids, "community": membership})
-    first = frame.groupby("community")["flow_id"].transform("min")
-    size = frame.groupby("community")["flow_id"].transform("size").astype(np.int64)
-    internal = membership[sources] == membership[targets]
-    per_edge = pd.DataFrame({"community": membership[sources][internal], "weight": weights[internal]})
-    internal_edges = per_edge.groupby("community")["weight"].size()
-    internal_weight = per_edge.groupby("community")["weight"].sum()
-    edges_in = frame["community"].map(internal_edges).fillna(0).astype(np.int64)
-    weight_in = frame["community"].map(internal_weight).fillna(0.0).astype(np.float64)
+def _atom_table(flow_ids, community, starts, component_index, a, b, w) -> pd.DataFrame:
+    """ATOMS rows; flows sorted by (component, flow id), so a community's first flow is its
+    smallest flow id (communities never span components)."""
+    n_communities = int(community.max()) + 1 if len(community) else 0
+    _, first = np.unique(community, return_index=True)
+    size = np.bincount(community, minlength=n_communities).astype(np.int64)
+    internal = community[a] == community[b]
+    edges_in = np.bincount(community[a][internal], minlength=n_communities).astype(np.int64)
+    weight_in = np.bincount(community[a][internal], weights=w[internal], minlength=n_communities)
     pairs = size * (size - 1) / 2.0
     density = np.where(size > 1, edges_in / np.where(pairs > 0, pairs, 1.0), 0.0)
+    names = flow_ids.astype(str)
     return pd.DataFrame(
         {
-            "flow_id": flow_ids.astype(str),
-            "atom_id": "atom:" + first.astype(str),
-            "component_id": "component:" + str(flow_ids[0]) if len(flow_ids) else "",
-            "atom_size": size,
-            "atom_internal_edges": edges_in,
-            "atom_density": density.astype(np.float64),
-            "atom_internal_weight": weight_in,
+            "flow_id": names,
+            "atom_id": "atom:" + pd.Series(names[first][community], dtype=object),
+            "component_id": "component:" + pd.Series(names[starts][component_index], dtype=object),
+            "atom_size": size[community],
+            "atom_internal_edges": edges_in[community],
+            "atom_density": density[community].astype(np.float64),
+            "atom_internal_weight": weight_in[community].astype(np.float64),
         }
     )
 
 
 # ---------------------------------------------------------------------------- Spark side
-def project_flow_graph(edges_df, config: PartitionConfig):
-    """Undirected weighted flow--flow edges ``[a, b, weight]`` (a < b, flow ids unprefixed)."""
+def flow_graph_parts(edges_df, config: PartitionConfig):
+    """The flow graph in compact form, before any clique is expanded (Spark).
+
+    Returns ``(semantic, members)``: ``semantic`` ``[a, b, weight]`` the relay and
+    similarity edges (flow ids unprefixed, ``a < b``); ``members`` ``[key, flow, weight]``
+    one row per flow of every eligible group (a quiet host ``host|<id>``, a host pair
+    ``pair|<h1>|<h2>``), ``weight`` = ``1 / (d - 1)``, what each pair of the group gets.
+    The group cliques are implied: ``members`` has ``d`` rows where the projection has
+    ``d (d - 1) / 2`` edges, so components and shuffles work on the small form.
+    """
     from pyspark.sql import functions as F
 
     strip = lambda c: F.regexp_replace(F.col(c), "^flow:", "")  # noqa: E731
@@ -192,50 +293,63 @@ def project_flow_graph(edges_df, config: PartitionConfig):
         F.least(strip("src"), strip("dst")).alias("a"),
         F.greatest(strip("src"), strip("dst")).alias("b"),
         F.col("weight").cast("double").alias("weight"),
-    )
+    ).where(F.col("a") != F.col("b"))
     incidences = edges_df.where(F.col("relationship").isin("src", "dst")).select(
         F.when(F.col("relationship") == "src", F.col("src")).otherwise(F.col("dst")).alias("host"),
         F.when(F.col("relationship") == "src", strip("dst")).otherwise(strip("src")).alias("flow"),
     ).distinct()
-    degree = incidences.groupBy("host").agg(F.count("*").alias("d")).where(
-        (F.col("d") >= 2) & (F.col("d") <= config.max_projection_host_degree)
-    )
-    shared = _clique_edges(incidences.join(degree, "host"), "host")
+    hosts = incidences.select(F.concat(F.lit("host|"), "host").alias("key"), "flow")
     ends = incidences.groupBy("flow").agg(
         F.min("host").alias("h1"), F.max("host").alias("h2"), F.count("*").alias("n_hosts")
     ).where(F.col("n_hosts") == 2)
-    pairs = ends.select("flow", F.concat_ws("|", "h1", "h2").alias("pair"))
-    pair_size = pairs.groupBy("pair").agg(F.count("*").alias("d")).where(
-        (F.col("d") >= 2) & (F.col("d") <= config.max_projection_pair_flows)
+    pairs = ends.select(F.concat_ws("|", F.lit("pair"), "h1", "h2").alias("key"), "flow")
+    members = _eligible_groups(hosts, config.max_projection_host_degree).unionByName(
+        _eligible_groups(pairs, config.max_projection_pair_flows)
     )
-    conversation = _clique_edges(pairs.join(pair_size, "pair"), "pair")
-    return (
-        semantic.unionByName(shared)
-        .unionByName(conversation)
-        .where(F.col("a") != F.col("b"))
-        .groupBy("a", "b")
-        .agg(F.sum("weight").alias("weight"))
-    )
+    return semantic, members
 
 
-def _clique_edges(members, key: str):
-    """Every flow pair sharing ``key`` (columns key, flow, d), weight ``1 / (d - 1)``."""
+def _eligible_groups(memberships, max_size: int):
+    """Rows ``[key, flow, weight]`` of groups with ``2 <= d <= max_size`` flows."""
     from pyspark.sql import functions as F
 
-    left, right = members.alias("l"), members.alias("r")
-    return left.join(
-        right, (F.col(f"l.{key}") == F.col(f"r.{key}")) & (F.col("l.flow") < F.col("r.flow"))
-    ).select(
-        F.col("l.flow").alias("a"),
-        F.col("r.flow").alias("b"),
-        (F.lit(1.0) / (F.col("l.d") - 1)).alias("weight"),
+    size = memberships.groupBy("key").agg(F.count("*").alias("d")).where(
+        (F.col("d") >= 2) & (F.col("d") <= max_size)
     )
+    return memberships.join(size, "key").select(
+        "key", "flow", (F.lit(1.0) / (F.col("d") - 1)).alias("weight")
+    )
+
+
+def project_flow_graph(edges_df, config: PartitionConfig):
+    """Undirected weighted flow--flow edges ``[a, b, weight]`` (a < b, flow ids unprefixed).
+
+    The projection as a table (for inspection; ``partition_flows`` expands the cliques
+    inside its Leiden tasks instead of shuffling them).
+    """
+    from pyspark.sql import functions as F
+
+    semantic, members = flow_graph_parts(edges_df, config)
+
+    def expand(group: pd.DataFrame) -> pd.DataFrame:
+        flows = np.sort(group["flow"].to_numpy(dtype=str))  # clique_pairs gives i < j
+        i, j, w = clique_pairs(np.zeros(len(flows), np.int64), np.arange(len(flows)), group["weight"].to_numpy())
+        return pd.DataFrame({"a": flows[i], "b": flows[j], "weight": w})
+
+    cliques = members.groupBy("key").applyInPandas(expand, schema="a string, b string, weight double")
+    return semantic.unionByName(cliques).groupBy("a", "b").agg(F.sum("weight").alias("weight"))
 
 
 def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     """Atoms of every flow vertex: Spark DataFrame with exactly the ATOMS columns.
 
     ``vertices_df``/``edges_df``: the graph of ``pipeline.graph.build_graph``.
+
+    Steps: the compact flow graph (``flow_graph_parts``); weakly connected components of
+    flows joined by semantic edges and group memberships (a star per group has the same
+    components as its clique, with ``d`` edges instead of ``d (d - 1) / 2``); components
+    hashed into ``leiden_buckets`` ``applyInPandas`` tasks, each of which expands its
+    components' cliques in numpy and runs ``atoms_of_components``.
     """
     from pyspark.sql import functions as F
 
@@ -243,80 +357,72 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     from pipeline.schema import spark_schema
 
     flows = vertices_df.where(F.col("type") == "flow").select(
-        F.regexp_replace("id", "^flow:", "").alias("id")
+        F.regexp_replace("id", "^flow:", "").alias("flow")
     )
-    projected = project_flow_graph(edges_df, config).localCheckpoint(eager=True)
-    components = graph_engine.connected_components(
-        spark, flows, projected.select(F.col("a").alias("src"), F.col("b").alias("dst")), config.engine
+    semantic, members = flow_graph_parts(edges_df, config)
+    semantic = semantic.localCheckpoint(eager=True)
+    members = members.localCheckpoint(eager=True)
+    totals = semantic.agg(F.sum("weight")).first()[0] or 0.0
+    # a group of d flows adds d (d - 1) / 2 edges of weight 1 / (d - 1): d / 2 in all
+    total_weight = float(totals) + members.count() / 2.0
+
+    labels = graph_engine.connected_components(
+        spark,
+        flows.select(F.col("flow").alias("id")).unionByName(members.select(F.col("key").alias("id"))),
+        semantic.select(F.col("a").alias("src"), F.col("b").alias("dst")).unionByName(
+            members.select(F.col("flow").alias("src"), F.col("key").alias("dst"))
+        ),
+        config.engine,
+    )
+    # name every component by its smallest *flow* id (group keys are not flows)
+    flow_labels = flows.join(labels.withColumnRenamed("id", "flow"), "flow")
+    names = flow_labels.groupBy("component").agg(F.min("flow").alias("name"))
+    component_of = flow_labels.join(names, "component").select(
+        "flow", F.col("name").alias("component")
     ).localCheckpoint(eager=True)
-    total_weight = float(projected.agg(F.sum("weight")).first()[0] or 0.0)
-    sizes = components.groupBy("component").count().agg(F.max("count"), F.count("*")).first()
+    sizes = component_of.groupBy("component").count().agg(F.max("count"), F.count("*")).first()
     log.info(
         "flow graph: %d components, largest %s flows, total weight %.1f",
         sizes[1], sizes[0], total_weight,
     )
 
-    sized = components.join(
-        components.groupBy("component").agg(F.count("*").alias("size")), "component"
+    node_rows = component_of.select(
+        "component", F.lit("flow").alias("kind"), F.col("flow").alias("a"),
+        F.lit(None).cast("string").alias("b"), F.lit(None).cast("double").alias("weight"),
     )
-    edges_in = projected.join(sized.select(F.col("id").alias("a"), "component", "size"), "a")
-    tiny = _tiny_component_atoms(sized, edges_in, config.tiny_component_size)
-
-    large = sized.where(F.col("size") > config.tiny_component_size)
-    node_rows = large.select(
-        "component", F.col("id").alias("a"), F.lit(None).cast("string").alias("b"),
-        F.lit(None).cast("double").alias("weight"),
+    edge_rows = semantic.join(component_of.withColumnRenamed("flow", "a"), "a").select(
+        "component", F.lit("edge").alias("kind"), "a", "b", "weight"
     )
-    edge_rows = edges_in.where(F.col("size") > config.tiny_component_size).select(
-        "component", "a", "b", "weight"
+    member_rows = members.join(component_of, "flow").select(
+        "component", F.lit("member").alias("kind"), F.col("flow").alias("a"), F.col("key").alias("b"), "weight"
     )
     out_schema = spark_schema("atoms")
 
-    def partition_bucket(group: pd.DataFrame) -> pd.DataFrame:
-        results = []
-        for _, rows in group.groupby("component", sort=True):
-            is_node = rows["b"].isna()
-            results.append(
-                atoms_of_component(
-                    rows.loc[is_node, "a"].to_numpy(),
-                    rows.loc[~is_node, ["a", "b", "weight"]],
-                    config,
-                    total_weight,
-                )
-            )
-        if not results:
+    def partition_bucket(rows: pd.DataFrame) -> pd.DataFrame:
+        if rows.empty:
             return pd.DataFrame({f.name: [] for f in out_schema.fields})
-        return pd.concat(results, ignore_index=True)
+        nodes = rows[rows["kind"] == "flow"]
+        flow_index = pd.Index(nodes["a"].to_numpy(dtype=object))
+        edges = rows[rows["kind"] == "edge"]
+        group_rows = rows[rows["kind"] == "member"]
+        i, j, w = clique_pairs(
+            pd.factorize(group_rows["b"])[0], flow_index.get_indexer(group_rows["a"]),
+            group_rows["weight"].to_numpy(np.float64),
+        )
+        return atoms_of_components(
+            flow_index.to_numpy(),
+            nodes["component"].to_numpy(dtype=object),
+            np.r_[flow_index.get_indexer(edges["a"]), i],
+            np.r_[flow_index.get_indexer(edges["b"]), j],
+            np.r_[edges["weight"].to_numpy(np.float64), w],
+            config,
+            total_weight,
+        )
 
-    leiden = (
+    return (
         node_rows.unionByName(edge_rows)
+        .unionByName(member_rows)
         .withColumn("bucket", F.pmod(F.xxhash64("component"), F.lit(config.leiden_buckets)))
         .groupBy("bucket")
-        .applyInPandas(partition_bucket, schema=out_schema)
-    )
-    return tiny.unionByName(leiden)
-
-
-def _tiny_component_atoms(sized, edges_in, tiny_size: int):
-    """Components of at most ``tiny_size`` flows: one atom each, computed in Spark."""
-    from pyspark.sql import functions as F
-
-    small = sized.where(F.col("size") <= tiny_size)
-    inside = (
-        edges_in.where(F.col("size") <= tiny_size)
-        .groupBy("component")
-        .agg(F.count("*").alias("edges"), F.sum("weight").alias("internal_weight"))
-    )
-    pairs = F.col("size") * (F.col("size") - 1) / 2.0
-    return small.join(inside, "component", "left").select(
-        F.col("id").alias("flow_id"),
-        F.concat(F.lit("atom:"), "component").alias("atom_id"),
-        F.concat(F.lit("component:"), "component").alias("component_id"),
-        F.col("size").cast("long").alias("atom_size"),
-        F.coalesce("edges", F.lit(0)).cast("long").alias("atom_internal_edges"),
-        F.when(F.col("size") > 1, F.coalesce("edges", F.lit(0)) / pairs)
-        .otherwise(F.lit(0.0))
-        .cast("double")
-        .alias("atom_density"),
-        F.coalesce("internal_weight", F.lit(0.0)).cast("double").alias("atom_internal_weight"),
+        .applyInPandas(lambda rows: partition_bucket(rows.drop(columns="bucket")), schema=out_schema)
     )

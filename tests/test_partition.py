@@ -153,3 +153,43 @@ def test_flows_of_one_host_pair_are_linked_unless_the_pair_is_too_busy(spark):
     assert sorted(zip(projected["a"], projected["b"], projected["weight"])) == [
         (_name(0), _name(1), 0.5), (_name(0), _name(2), 0.5), (_name(1), _name(2), 0.5),
     ]
+
+
+def test_clique_pairs_joins_every_two_members_of_a_group_and_nothing_across_groups():
+    group = np.array([7, 5, 5, 9, 5, 7])
+    member = np.array([10, 11, 12, 13, 14, 15])
+    weight = np.array([1.0, 0.5, 0.5, 3.0, 0.5, 1.0])
+    i, j, w = partition.clique_pairs(group, member, weight)
+    assert sorted(zip(i.tolist(), j.tolist(), w.tolist())) == [
+        (10, 15, 1.0), (11, 12, 0.5), (11, 14, 0.5), (12, 14, 0.5),
+    ]
+
+
+def test_parallel_edges_are_summed_and_self_loops_dropped():
+    a, b, w = partition.sum_parallel_edges(
+        np.array([2, 0, 1, 3, 3]), np.array([0, 2, 1, 1, 1]), np.array([0.5, 0.25, 9.0, 1.0, 2.0]), 4
+    )
+    assert list(zip(a.tolist(), b.tolist(), w.tolist())) == [(0, 2, 0.75), (1, 3, 3.0)]
+
+
+def test_partition_of_the_compact_graph_equals_leiden_on_its_projection(spark):
+    """partition_flows never materialises the host and host-pair cliques; its atoms must
+    still be Leiden's on the projected flow graph (project_flow_graph)."""
+    rng = np.random.default_rng(4)
+    n_flows = 120
+    host_edges = [(f"host:h{rng.integers(0, 30)}", f) for f in range(n_flows)]
+    host_edges += [(f"host:s{rng.integers(0, 12)}", f) for f in range(n_flows)]
+    semantic = [(int(a), int(b), 0.8) for a, b in rng.integers(0, n_flows, size=(40, 2)) if a != b]
+    vertices, edge_df = _graph_tables(spark, n_flows, semantic, host_edges)
+    config = PartitionConfig(max_projection_host_degree=8)
+    atoms = partition.partition_flows(spark, vertices, edge_df, config).toPandas()
+    projected = partition.project_flow_graph(edge_df, config).toPandas().sort_values(["a", "b"])
+    index = {_name(i): i for i in range(n_flows)}
+    whole = ig.Graph(n=n_flows, edges=[(index[a], index[b]) for a, b in zip(projected["a"], projected["b"])])
+    whole.es["weight"] = projected["weight"].tolist()
+    expected = leidenalg.find_partition(
+        whole, leidenalg.ModularityVertexPartition, weights="weight", n_iterations=2, seed=42
+    )
+    got = _groups(dict(zip(atoms["flow_id"], atoms["atom_id"])))
+    assert got == _groups({_name(i): c for i, c in enumerate(expected.membership)})
+    assert len(got) < n_flows  # the quiet hosts did link flows
