@@ -109,7 +109,8 @@ class AnomalyWeightedEdgeSAGE(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         out_mean = weighted_mean_by_vertex(src, edge_attr, edge_weight, num_nodes)
         in_mean = weighted_mean_by_vertex(dst, edge_attr, edge_weight, num_nodes)
-        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean, torch.log1p(vertex_counts(edge_index, num_nodes, edge_attr.dtype))], dim=1)))
+        counts = torch.log1p(vertex_counts(edge_index, num_nodes, edge_attr.dtype))
+        node = F.relu(self.node_linear(torch.cat([out_mean, in_mean, counts], dim=1)))
         return self.edge_linear(torch.cat([node[src], node[dst], edge_attr], dim=1))
 
     @staticmethod

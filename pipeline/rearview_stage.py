@@ -522,9 +522,9 @@ def decision_level(calibration: Calibration, config: RearViewConfig) -> float:
 
     ``paper``: the refined threshold; ``calibrated``: the level of the screening
     surprise, ``fused``: that of the Fisher statistic, whose validation tail
-    (:class:`TailModel`, GPD above its 90 % quantile) is ``false_alarm_rate``. Validation flows count as triggered (a FIFO window
-    of benign traffic nearly always holds a flow with ``p > suspicious_p``), which can
-    only raise the level. Costs ``O(V log V)`` plus a GPD fit: compute it once per
+    (:class:`TailModel`, GPD above its 90 % quantile) is ``false_alarm_rate``. Validation
+    flows count as triggered (a FIFO window of benign traffic nearly always holds a flow
+    with ``p > suspicious_p``), which can only raise the level. Costs ``O(V log V)`` plus a GPD fit: compute it once per
     artifact, not per window.
     """
     if config.decision_rule == "paper":
