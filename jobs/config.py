@@ -61,6 +61,13 @@ class NightTask(luigi.Task):
         self.set_status_message(message)
 
 
+@NightTask.event_handler(luigi.Event.PROCESSING_TIME)
+def log_processing_time(task: luigi.Task, seconds: float) -> None:
+    """One log line per finished task, ``<task_id> ran in <s> s``: the stage timings of a
+    night in its log (``bench/bench_detect.py`` reads them)."""
+    log.info("%s ran in %.1f s", task.task_id, seconds)
+
+
 class TrainingWindowTask(NightTask):
     train_days = luigi.IntParameter(description="nights before --date to train on", **_pipeline("train_days"))
 
