@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/bench_a2gnn.py --flows 100000 [--flows 1000000] [--device cpu|cuda]
-                                [--epochs 2] [--threads 2] [--json out.json]
+    python bench/bench_a2gnn.py [--flows 100000 --flows 1000000] [--device cpu|cuda]
+                                [--epochs 1] [--threads 2] [--json out.json]
     python bench/bench_a2gnn.py --quality WAREHOUSE --labels labels.csv
                                 [--variant '{"calibration": "in_sample"}' ...] [--json out.json]
 
@@ -26,12 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.a2gnn_training import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.a2gnn_training import (  # noqa: E402
     A2GNNConfig,
     AtomGraph,
     atom_anchors,
@@ -39,7 +43,7 @@ from models.a2gnn_training import (
     nearest_anchor,
     train_model,
 )
-from pipeline.features import FEATURE_COLUMNS
+from pipeline.features import FEATURE_COLUMNS  # noqa: E402
 
 log = logging.getLogger("bench_a2gnn")
 
@@ -148,11 +152,29 @@ def quality(warehouse: str, labels_csv: str, variants: dict[str, dict], artifact
     return results
 
 
+def write_section(results: list[dict]) -> None:
+    """The speed table as the '## A2GNN: latest make bench run' section of docs/benchmarks.md."""
+    from bench.benchlib import replace_section, stamp
+
+    rows = ["| flows | atoms (= anchors) | edges | device, threads | train s/epoch | embed s | "
+            "anchor search s | scoring flows/s |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        rows.append(
+            f"| {r['flows']:,} | {r['atoms']:,} | {r['edges']:,} | {r['device']}, {r['threads']} | "
+            f"{r['train_seconds_per_epoch']:.1f} | {r['score_embed_seconds']:.1f} | "
+            f"{r['score_anchor_search_seconds']:.1f} | {r['score_flows_per_second']:,.0f} |")
+    replace_section("A2GNN: latest make bench run", "\n".join([
+        stamp(), "",
+        "Command: `python bench/bench_a2gnn.py` (part of `make bench`; generated nights, default "
+        "`A2GNNConfig`, one training epoch; scoring = atom-batched embedding + exact nearest-anchor "
+        "search against every training atom's anchor). Analysis in '## A2GNN'.", "", *rows]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flows", type=int, action="append", help="flows per night (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quality", metavar="WAREHOUSE", help="measure detection quality on this warehouse")
@@ -167,7 +189,12 @@ def main() -> None:
         variants = {v: json.loads(v) for v in args.variant} if args.variant else QUALITY_VARIANTS
         results = quality(args.quality, args.labels, variants, args.artifacts)
     else:
-        results = [bench(n, args.device, args.epochs) for n in (args.flows or [100_000])]
+        results = []
+        for flows in args.flows or [100_000, 1_000_000]:
+            results.append(bench(flows, args.device, args.epochs))
+            log.info("%s", json.dumps(results[-1]))
+            if not args.json:  # make bench: the table after every size, so a long run keeps what it measured
+                write_section(results)
     for result in results:
         log.info("%s", json.dumps(result))
     if args.json:
