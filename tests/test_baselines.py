@@ -76,3 +76,14 @@ def test_empty_night_and_too_little_training_data():
     assert all(len(scores) == 0 for scores, _ in empty.values())
     with pytest.raises(ValueError, match="at least 2 training flows"):
         fit_baselines(_flows(1, rng), seed=0)
+
+
+def test_knn_reference_is_capped_so_scoring_cost_does_not_grow_with_the_training_window():
+    rng = np.random.default_rng(7)
+    train, night = _flows(3000, rng), _flows(500, rng)
+    capped = fit_baselines(train, seed=0, config=BaselinesConfig(knn_max_reference=1000))
+    assert capped.knn_index.n_samples_fit_ == 1000
+    rate = capped.score(night)["knn_distance"][1].mean()
+    assert 0.002 < rate < 0.03, rate  # still about the 0.99 training quantile on fresh benign flows
+    exact = fit_baselines(train, seed=0)
+    assert exact.knn_index.n_samples_fit_ == 3000
