@@ -361,9 +361,13 @@ def atom_anchors(embeddings: np.ndarray, atom: np.ndarray) -> np.ndarray:
     return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
+NEAREST_ANCHOR_BLOCK_BYTES = 256 * 2**20
+"""Memory of one block of squared distances in :func:`nearest_anchor` (rows x anchors x 4 B)."""
+
+
 @torch.no_grad()
 def nearest_anchor(
-    embeddings: np.ndarray, anchors: np.ndarray, chunk: int = 8192,
+    embeddings: np.ndarray, anchors: np.ndarray, chunk: int | None = None,
     exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(distance [N] float64, index [N] int64)`` of each embedding's nearest anchor.
@@ -373,12 +377,17 @@ def nearest_anchor(
 
     The arg-min comes from the matrix form ``|z|^2 + |a|^2 - 2 z.a`` (one GEMM per
     chunk of ``chunk`` rows, memory ``chunk x A``); the returned distance is then
-    recomputed exactly as ``||z - a_idx||_2`` in float64.
+    recomputed exactly as ``||z - a_idx||_2`` in float64. ``chunk`` defaults to the rows
+    that fit ``NEAREST_ANCHOR_BLOCK_BYTES`` (256 MiB) at this number of anchors, so memory
+    stays bounded however many training atoms there are (a fixed 8,192 rows against
+    250k anchors took 16 GB).
     """
     if anchors.shape[0] == 0:
         raise ValueError("no anchors: the model was trained on zero atoms")
     if exclude is not None and anchors.shape[0] < 2:
         raise ValueError("cannot exclude a row's own anchor when there is only one anchor")
+    if chunk is None:
+        chunk = max(1, NEAREST_ANCHOR_BLOCK_BYTES // (4 * anchors.shape[0]))
     anchor_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
     anchor_sq = (anchor_t * anchor_t).sum(dim=1)
     index = np.empty(embeddings.shape[0], dtype=np.int64)
