@@ -368,7 +368,7 @@ NEAREST_ANCHOR_BLOCK_BYTES = 256 * 2**20
 @torch.no_grad()
 def nearest_anchor(
     embeddings: np.ndarray, anchors: np.ndarray, chunk: int | None = None,
-    exclude: np.ndarray | None = None,
+    exclude: np.ndarray | None = None, block_bytes: int = NEAREST_ANCHOR_BLOCK_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(distance [N] float64, index [N] int64)`` of each embedding's nearest anchor.
 
@@ -378,7 +378,7 @@ def nearest_anchor(
     The arg-min comes from the matrix form ``|z|^2 + |a|^2 - 2 z.a`` (one GEMM per
     chunk of ``chunk`` rows, memory ``chunk x A``); the returned distance is then
     recomputed exactly as ``||z - a_idx||_2`` in float64. ``chunk`` defaults to the rows
-    that fit ``NEAREST_ANCHOR_BLOCK_BYTES`` (256 MiB) at this number of anchors, so memory
+    that fit ``block_bytes`` (256 MiB) at this number of anchors, so memory
     stays bounded however many training atoms there are (a fixed 8,192 rows against
     219k anchors reached 15.6 GB).
     """
@@ -387,7 +387,7 @@ def nearest_anchor(
     if exclude is not None and anchors.shape[0] < 2:
         raise ValueError("cannot exclude a row's own anchor when there is only one anchor")
     if chunk is None:
-        chunk = max(1, NEAREST_ANCHOR_BLOCK_BYTES // (4 * anchors.shape[0]))
+        chunk = max(1, block_bytes // (4 * anchors.shape[0]))
     anchor_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
     anchor_sq = (anchor_t * anchor_t).sum(dim=1)
     index = np.empty(embeddings.shape[0], dtype=np.int64)

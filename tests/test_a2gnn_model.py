@@ -321,13 +321,10 @@ def test_detector_scores_follow_the_configured_terms_on_a_known_geometry():
     np.testing.assert_allclose(combined["score"], [1.0, 1.0, 1.0, 1.0, 0.25])
 
 
-def test_nearest_anchor_blocks_are_sized_by_memory_not_by_a_fixed_row_count(monkeypatch):
-    import models.a2gnn_training as training
-
+def test_nearest_anchor_blocks_are_sized_by_memory_not_by_a_fixed_row_count():
     rng = np.random.default_rng(8)
     z, anchors = rng.normal(size=(300, 4)), rng.normal(size=(50, 4))
     expected = nearest_anchor(z, anchors, chunk=300)
-    monkeypatch.setattr(training, "NEAREST_ANCHOR_BLOCK_BYTES", 7 * 50 * 4)  # 7 rows per block
-    got = nearest_anchor(z, anchors)
+    got = nearest_anchor(z, anchors, block_bytes=7 * 50 * 4)  # 7 rows per block
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_allclose(got[0], expected[0])
