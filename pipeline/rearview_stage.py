@@ -573,14 +573,18 @@ def _graphs_for_stream(src: np.ndarray, dst: np.ndarray, edges: np.ndarray, p: n
         yield start, stop, session_graph(src[start:stop], dst[start:stop], edges[start:stop], p[start:stop])
 
 
-def refine_stream(src, dst, edges, p, encoder, queue_size: int, evict: int, device: str = "cpu") -> np.ndarray:
-    """Edge embeddings ``[N, 64]`` of a flow stream in replay order, each from its home window.
+def stream_windows(src, dst, edges, p, queue_size: int, evict: int) -> list:
+    """``[(start, stop, SessionGraph)]`` of a flow stream's FIFO windows, built once and
+    embedded by every ensemble member (the graphs do not depend on the encoder)."""
+    return list(_graphs_for_stream(src, dst, edges, p, queue_size, evict))
 
-    ``edges``: ``[N, 17]`` :func:`edge_features` of the flows.
-    """
-    out = np.zeros((len(src), encoder.out_dim), dtype=np.float32)
-    home = home_window(len(src), queue_size, evict)
-    for window, (start, stop, graph) in enumerate(_graphs_for_stream(src, dst, edges, p, queue_size, evict)):
+
+def embed_windows(windows: list, num_flows: int, encoder, queue_size: int, evict: int,
+                  device: str = "cpu") -> np.ndarray:
+    """Edge embeddings ``[num_flows, 64]`` by ``encoder``, each flow's from its home window."""
+    out = np.zeros((num_flows, encoder.out_dim), dtype=np.float32)
+    home = home_window(num_flows, queue_size, evict)
+    for window, (start, stop, graph) in enumerate(windows):
         z = embed_edges(encoder, graph, device)
         mine = home[start:stop] == window
         out[start:stop][mine] = z[mine]
@@ -634,6 +638,8 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     for n in np.unique(night):
         rows = np.flatnonzero((night == n) & is_train)
         graphs += [g for _, _, g in _graphs_for_stream(src[rows], dst[rows], edges[rows], p[rows], queue, evict)]
+    night_rows = [np.flatnonzero(night == n) for n in np.unique(night)]
+    night_windows = [stream_windows(src[rows], dst[rows], edges[rows], p[rows], queue, evict) for rows in night_rows]
     validation = ~is_train
     members, sage_state, train_embeddings, validation_embeddings, dgi_history = [], {}, {}, [], []
     for k in range(params["ensemble_size"]):
@@ -642,9 +648,8 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
             seed=member_seed(seed, k), device=device,
         )
         z = np.zeros((len(x), encoder.out_dim), dtype=np.float32)
-        for n in np.unique(night):
-            rows = np.flatnonzero(night == n)
-            z[rows] = refine_stream(src[rows], dst[rows], edges[rows], p[rows], encoder, queue, evict, device)
+        for rows, windows in zip(night_rows, night_windows):
+            z[rows] = embed_windows(windows, len(rows), encoder, queue, evict, device)
         members.append(RefinementMember.fit(encoder.cpu(), params["classifier"], z[is_train], member_seed(seed, k)))
         sage_state.update({f"member{k}.{name}": value for name, value in encoder.state_dict().items()})
         train_embeddings[f"member{k}"] = torch.from_numpy(z[is_train])
@@ -861,9 +866,10 @@ def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataF
     _, p, mu = screen(flows, art)
     evict = eviction_count(art.config.queue_size, art.config.evict_fraction)
     edges = edge_features(mu, unseen_triplets(art.seen_triplets, flows))
+    windows = stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
+                             art.config.queue_size, evict)
     refined = ensemble_refined(art.members, [
-        refine_stream(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                      member.encoder, art.config.queue_size, evict)
+        embed_windows(windows, len(flows), member.encoder, art.config.queue_size, evict)
         for member in art.members])
     triggered = triggered_windows(p, art.config.queue_size, evict, art.config.suspicious_p)
     return _score_rows(flows, p, refined, triggered, art)
