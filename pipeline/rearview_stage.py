@@ -55,11 +55,11 @@ quantile). Screening surprise = ``-ln`` of the validation tail of ``p``; with
 benign flow falls back that far *and* is at least that extreme. In every rule ``score >
 threshold`` exactly when ``is_anomaly``.
 
-Scoring (:func:`score_rearview`) numbers the flows in start order, replicates each flow
-into every FIFO window that contains it (``pipeline.rearview_windows``: consecutive
-windows overlap) and scores window by window with ``applyInPandas``; every flow takes its
-embedding from its home window, so the result equals :func:`score_flows_local`, the
-single-process run.
+Scoring (:func:`score_rearview`) numbers the flows in start order, cuts the FIFO windows
+into spans of consecutive windows, one ``applyInPandas`` task each, and gives every task
+its span's flows plus the FIFO context its last window needs (``pipeline.rearview_windows``:
+consecutive windows overlap); every flow takes its embedding from its home window, so the
+result equals :func:`score_flows_local`, the single-process run.
 """
 from __future__ import annotations
 
@@ -88,6 +88,10 @@ from pipeline.rearview_windows import eviction_count, home_window, window_bounds
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "rearview"
+# Flows one Spark scoring task handles (its span of FIFO windows, see score_rearview):
+# large enough that per-task overhead (artifact load, Arrow transfer) is small next to
+# the work, small enough that a night splits into several tasks per core.
+DEFAULT_FLOWS_PER_TASK = 25_000
 FLOW_COLUMNS = (
     "flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
     "first_seen_ms", "last_seen_ms", "community_id",
@@ -559,31 +563,48 @@ def decide_flows(p: np.ndarray, cells: np.ndarray, refined: np.ndarray, window_t
     return statistic, level, statistic > level
 
 
-def triggered_windows(probability: np.ndarray, queue_size: int, evict: int, suspicious_p: float) -> np.ndarray:
-    """``[N]`` bool per flow (replay order): its home window holds a flow with ``p > suspicious_p``."""
-    bounds = window_bounds(len(probability), queue_size, evict)
-    window_flag = np.array([(probability[a:b] > suspicious_p).any() for a, b in bounds], dtype=bool)
-    return window_flag[home_window(len(probability), queue_size, evict)] if len(bounds) else np.zeros(0, bool)
+def triggered_windows(probability: np.ndarray, queue_size: int, evict: int, suspicious_p: float,
+                      bounds: np.ndarray | None = None, home: np.ndarray | None = None) -> np.ndarray:
+    """``[N]`` bool per flow (replay order): its home window holds a flow with ``p > suspicious_p``.
+
+    ``bounds`` (``[W, 2]`` flow ranges into ``probability``) and ``home`` (``[N]`` index
+    into ``bounds``, outside ``[0, W)`` for a flow whose home is not among them: False)
+    default to the whole stream's windows (:func:`window_bounds`, :func:`home_window`).
+    """
+    if bounds is None:
+        bounds = window_bounds(len(probability), queue_size, evict)
+        home = home_window(len(probability), queue_size, evict)
+    if not len(bounds):
+        return np.zeros(len(probability), bool)
+    window_flag = np.array([(probability[a:b] > suspicious_p).any() for a, b in bounds] + [False], dtype=bool)
+    return window_flag[np.where((home >= 0) & (home < len(bounds)), home, len(bounds))]
 
 
 # -------------------------------------------------------------- training (worker)
-def _graphs_for_stream(src: np.ndarray, dst: np.ndarray, edges: np.ndarray, p: np.ndarray, queue_size: int,
-                       evict: int):
-    for start, stop in window_bounds(len(src), queue_size, evict):
-        yield start, stop, session_graph(src[start:stop], dst[start:stop], edges[start:stop], p[start:stop])
-
-
-def stream_windows(src, dst, edges, p, queue_size: int, evict: int) -> list:
+def stream_windows(src, dst, edges, p, queue_size: int, evict: int, bounds: np.ndarray | None = None) -> list:
     """``[(start, stop, SessionGraph)]`` of a flow stream's FIFO windows, built once and
-    embedded by every ensemble member (the graphs do not depend on the encoder)."""
-    return list(_graphs_for_stream(src, dst, edges, p, queue_size, evict))
+    embedded by every ensemble member (the graphs do not depend on the encoder).
+
+    ``bounds``: ``[W, 2]`` flow ranges into the arrays (default: every window of the
+    stream, :func:`window_bounds`; a scoring task passes its span's windows).
+    """
+    if bounds is None:
+        bounds = window_bounds(len(src), queue_size, evict)
+    return [(start, stop, session_graph(src[start:stop], dst[start:stop], edges[start:stop], p[start:stop]))
+            for start, stop in bounds]
 
 
 def embed_windows(windows: list, num_flows: int, encoder, queue_size: int, evict: int,
-                  device: str = "cpu") -> np.ndarray:
-    """Edge embeddings ``[num_flows, 64]`` by ``encoder``, each flow's from its home window."""
+                  device: str = "cpu", home: np.ndarray | None = None) -> np.ndarray:
+    """Edge embeddings ``[num_flows, 64]`` by ``encoder``, each flow's from its home window.
+
+    ``home``: ``[num_flows]`` index into ``windows`` of each flow's home window (default
+    :func:`home_window` of the whole stream); flows whose home is not in ``windows`` keep
+    zeros.
+    """
     out = np.zeros((num_flows, encoder.out_dim), dtype=np.float32)
-    home = home_window(num_flows, queue_size, evict)
+    if home is None:
+        home = home_window(num_flows, queue_size, evict)
     for window, (start, stop, graph) in enumerate(windows):
         z = embed_edges(encoder, graph, device)
         mine = home[start:stop] == window
@@ -637,7 +658,7 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     graphs = []
     for n in np.unique(night):
         rows = np.flatnonzero((night == n) & is_train)
-        graphs += [g for _, _, g in _graphs_for_stream(src[rows], dst[rows], edges[rows], p[rows], queue, evict)]
+        graphs += [g for _, _, g in stream_windows(src[rows], dst[rows], edges[rows], p[rows], queue, evict)]
     night_rows = [np.flatnonzero(night == n) for n in np.unique(night)]
     night_windows = [stream_windows(src[rows], dst[rows], edges[rows], p[rows], queue, evict) for rows in night_rows]
     validation = ~is_train
@@ -856,6 +877,40 @@ def _conform_scores(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def score_window_span(flows: pd.DataFrame, art: RearViewArtifacts, num_flows: int, first_window: int,
+                      stop_window: int) -> pd.DataFrame:
+    """Score rows (``FLOW_SCORES`` columns, replay order) of the flows whose home window is
+    one of windows ``[first_window, stop_window)`` of a ``num_flows``-flow stream.
+
+    ``flows``: the stream's flows ``[first_window * evict, end of window stop_window - 1)``
+    in replay order, i.e. every flow those windows hold (their full FIFO context). The
+    whole stream is the span ``[0, window_count)``; a Spark task gets a slice of windows,
+    and since each flow's embedding comes from its home window alone, the slices together
+    give exactly the whole-stream result.
+    """
+    config = art.config
+    evict = eviction_count(config.queue_size, config.evict_fraction)
+    bounds = window_bounds(num_flows, config.queue_size, evict)[first_window:stop_window]
+    if not len(bounds):
+        return _score_rows(flows.iloc[:0], np.zeros(0), np.zeros(0), np.zeros(0, bool), art)
+    offset = int(bounds[0, 0])
+    if len(flows) != int(bounds[-1, 1]) - offset:
+        raise ValueError(f"windows [{first_window}, {stop_window}) hold flows [{offset}, {bounds[-1, 1]}), "
+                         f"got {len(flows)} flows")
+    local_bounds = bounds - offset
+    home = home_window(num_flows, config.queue_size, evict)[offset:offset + len(flows)] - first_window
+    mine = (home >= 0) & (home < len(bounds))
+    _, p, mu = screen(flows, art)
+    edges = edge_features(mu, unseen_triplets(art.seen_triplets, flows))
+    windows = stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
+                             config.queue_size, evict, bounds=local_bounds)
+    refined = ensemble_refined(art.members, [
+        embed_windows(windows, len(flows), member.encoder, config.queue_size, evict, home=home)[mine]
+        for member in art.members])
+    triggered = triggered_windows(p, config.queue_size, evict, config.suspicious_p, local_bounds, home)[mine]
+    return _score_rows(flows[mine].reset_index(drop=True), p[mine], refined, triggered, art)
+
+
 def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataFrame:
     """Single-process RearView scoring of one stream of flows (the reference for Spark).
 
@@ -863,63 +918,57 @@ def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataF
     """
     art = load_artifacts(str(artifact_dir))
     flows = order_flows(flows)
-    _, p, mu = screen(flows, art)
     evict = eviction_count(art.config.queue_size, art.config.evict_fraction)
-    edges = edge_features(mu, unseen_triplets(art.seen_triplets, flows))
-    windows = stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                             art.config.queue_size, evict)
-    refined = ensemble_refined(art.members, [
-        embed_windows(windows, len(flows), member.encoder, art.config.queue_size, evict)
-        for member in art.members])
-    triggered = triggered_windows(p, art.config.queue_size, evict, art.config.suspicious_p)
-    return _score_rows(flows, p, refined, triggered, art)
+    return score_window_span(flows, art, len(flows), 0, window_count(len(flows), art.config.queue_size, evict))
 
 
-def _score_window_group(artifact_dir: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """``applyInPandas`` body: one FIFO window's flows in, its home flows' score rows out."""
+def _score_task(artifact_dir: str, num_flows: int, windows_per_task: int, frame: pd.DataFrame) -> pd.DataFrame:
+    """``applyInPandas`` body: one task's span of windows (its flows plus their FIFO
+    context, column ``task`` = span number) in, its home flows' score rows out."""
     art = load_artifacts(artifact_dir)
     torch.set_num_threads(art.config.cpu_threads)
+    evict = eviction_count(art.config.queue_size, art.config.evict_fraction)
+    windows = window_count(num_flows, art.config.queue_size, evict)
+    first = int(frame["task"].iloc[0]) * windows_per_task
     frame = frame.sort_values("flow_index", kind="mergesort").reset_index(drop=True)
-    _, p, mu = screen(frame, art)
-    edges = edge_features(mu, unseen_triplets(art.seen_triplets, frame))
-    graph = session_graph(frame["src_ip"].to_numpy(), frame["dst_ip"].to_numpy(), edges, p)
-    home = (frame["home_window"] == frame["window_id"]).to_numpy()
-    refined = ensemble_refined(art.members, [embed_edges(member.encoder, graph)[home] for member in art.members])
-    triggered = np.full(int(home.sum()), bool((p > art.config.suspicious_p).any()))
-    return _score_rows(frame[home].reset_index(drop=True), p[home], refined, triggered, art)
+    return score_window_span(frame, art, num_flows, first, min(first + windows_per_task, windows))
 
 
-def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str):
+def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str,
+                   flows_per_task: int = DEFAULT_FLOWS_PER_TASK):
     """Score a night's flows with a RearView artifact: Spark DataFrame of ``FLOW_SCORES``.
 
-    Distributed over FIFO windows (``groupBy(window_id).applyInPandas``), each window
-    receiving its full queue context, overlapping its neighbours; equal to
-    :func:`score_flows_local`. ``model_version`` is the artifact's version (the caller
-    writes it as the ``model_version`` partition).
+    The flows are numbered in replay order in the JVM (``pipeline.ordering``), the FIFO
+    windows are cut into spans of ``max(1, flows_per_task // evict)`` consecutive windows,
+    and each span is one ``applyInPandas`` group holding its flows plus the
+    ``queue_size - evict`` flows of context its last window reaches into the next span
+    (a flow is replicated into at most two spans). Equal to :func:`score_flows_local`.
+    ``model_version`` is the artifact's version (the caller writes it as the
+    ``model_version`` partition).
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import LongType, StructField, StructType
+
+    from pipeline.ordering import with_sequence_index
 
     art = load_artifacts(str(artifact_dir))
     queue = art.config.queue_size
     evict = eviction_count(queue, art.config.evict_fraction)
-    selected = flows_df.select(*FLOW_COLUMNS).orderBy("first_seen_ms", "flow_id")
-    indexed_schema = StructType(selected.schema.fields + [StructField("flow_index", LongType(), False)])
-    indexed = spark.createDataFrame(
-        selected.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])), indexed_schema
-    )
-    num_flows = indexed.count()
+    indexed, num_flows = with_sequence_index(flows_df.select(*FLOW_COLUMNS), ["first_seen_ms", "flow_id"],
+                                             "flow_index")
     windows = window_count(num_flows, queue, evict)
-    log.info("RearView %s: scoring %d flows in %d FIFO windows", model_version, num_flows, windows)
+    per_task = max(1, int(flows_per_task) // evict)
+    tasks = -(-windows // per_task)
+    log.info("RearView %s: scoring %d flows in %d FIFO windows, %d Spark tasks",
+             model_version, num_flows, windows, tasks)
     index = F.col("flow_index")
     first = F.greatest(F.lit(0), F.ceil((index - F.lit(queue - 1)) / F.lit(evict)).cast("long"))
     last = F.least(F.floor(index / F.lit(evict)).cast("long"), F.lit(max(windows - 1, 0)).cast("long"))
-    replicated = indexed.withColumn("home_window", last).withColumn(
-        "window_id", F.explode(F.sequence(first, last))
-    )
+    replicated = indexed.withColumn(
+        "task", F.explode(F.sequence(F.floor(first / per_task), F.floor(last / per_task)).cast("array<long>"))
+    ).repartition(max(tasks, 1), "task")
     path = str(artifact_dir)
 
     def body(frame: pd.DataFrame) -> pd.DataFrame:
-        return _score_window_group(path, frame)
+        return _score_task(path, num_flows, per_task, frame)
 
-    return replicated.groupBy("window_id").applyInPandas(body, schema=schema.spark_schema("flow_scores"))
+    return replicated.groupBy("task").applyInPandas(body, schema=schema.spark_schema("flow_scores"))

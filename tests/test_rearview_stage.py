@@ -259,13 +259,16 @@ def test_training_writes_only_safetensors_and_json_and_reports_a_threshold(train
     assert sum(metrics["validation_cell_counts"]) == metrics["validation_flows"]
 
 
-def test_distributed_scoring_equals_single_process_across_partition_boundaries(spark, trained_artifact):
+@pytest.mark.parametrize("flows_per_task", [160, 400, rv.DEFAULT_FLOWS_PER_TASK])
+def test_distributed_scoring_equals_single_process_across_partition_boundaries(spark, trained_artifact,
+                                                                             flows_per_task):
+    # queue 200, evict 160, 700 flows: 5 windows, split 1 / 2 / all windows per Spark task
     out, _ = trained_artifact
     night = _synthetic_flows(700, seed=7)
     night.loc[5, ["bidirectional_bytes", "src2dst_bytes"]] = 5e8    # one absurd flow
     local = rv.score_flows_local(night, out)
     frame = spark.createDataFrame(night.sample(frac=1.0, random_state=0)).repartition(3)
-    distributed = rv.score_rearview(spark, frame, out, "test-version").toPandas()
+    distributed = rv.score_rearview(spark, frame, out, "test-version", flows_per_task=flows_per_task).toPandas()
     distributed = rv.order_flows(distributed)
     assert list(distributed.columns) == schema.FLOW_SCORES.names
     assert distributed["flow_id"].tolist() == local["flow_id"].tolist()
