@@ -113,5 +113,11 @@ class ScoreModelTask(TrainingWindowTask):
 
 
 def config_as_dict(*configs) -> dict:
-    """JSON-able dict of several stage dataclasses, keyed by their class names."""
-    return {type(c).__name__: dataclasses.asdict(c) for c in configs}
+    """JSON-able dict of several stage dataclasses, keyed by their class names.
+
+    Fields marked ``metadata={"execution_only": True}`` (how a result is computed, not
+    what it is) are left out, so changing them does not give a new model version.
+    """
+    return {type(c).__name__: {f.name: getattr(c, f.name) for f in dataclasses.fields(c)
+                               if not f.metadata.get("execution_only")}
+            for c in configs}

@@ -47,7 +47,7 @@ seed give the same ids.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -72,8 +72,12 @@ class PartitionConfig:
     giant_component_size: above this a component is logged as giant (still partitioned).
     max_projection_host_degree: hosts with more flows add no co-membership edges.
     max_projection_pair_flows: host pairs with more flows add no conversation edges.
-    engine: connected-components engine (``auto`` | ``graphframes`` | ``dataframes``).
+    engine: connected-components engine (``auto`` | ``graphframes`` | ``dataframes`` |
+        ``driver``; ``pipeline.graph_engine``).
     leiden_buckets: components are hashed into this many pandas tasks.
+    driver_components_max_edges: with ``engine="auto"``, a flow graph with at most this
+        many compact edges (semantic edges + group memberships) gets its components on the
+        driver. Execution only: not part of the model version (same components either way).
     """
 
     quality: str = "modularity"
@@ -87,6 +91,7 @@ class PartitionConfig:
     max_projection_pair_flows: int = 128
     engine: str = "auto"
     leiden_buckets: int = 8
+    driver_components_max_edges: int = field(default=2_000_000, metadata={"execution_only": True})
 
     def __post_init__(self) -> None:
         if self.quality not in QUALITIES:
@@ -373,6 +378,7 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
             members.select(F.col("flow").alias("src"), F.col("key").alias("dst"))
         ),
         config.engine,
+        config.driver_components_max_edges,
     )
     # name every component by its smallest *flow* id (group keys are not flows)
     flow_labels = flows.join(labels.withColumnRenamed("id", "flow"), "flow")

@@ -54,11 +54,12 @@ def _disjoint_union(shapes):
     return n_total, edges_total
 
 
-def test_dataframe_components_match_igraph_on_random_chain_star_and_tiny_graphs(spark):
+@pytest.mark.parametrize("engine", ["dataframes", "driver"])
+def test_components_match_igraph_on_random_chain_star_and_tiny_graphs(spark, engine):
     # one disjoint union of the four shapes: one engine run checks them all
     n, edges = _disjoint_union(_shapes().values())
     vertices, edge_df = _frames(spark, n, edges)
-    result = graph_engine.connected_components(spark, vertices, edge_df, engine="dataframes")
+    result = graph_engine.connected_components(spark, vertices, edge_df, engine=engine)
     got = dict(result.toPandas().itertuples(index=False, name=None))
     assert got == _igraph_components(n, edges)
     assert len(set(got.values())) == len(ig.Graph(n=n, edges=edges).connected_components())
@@ -79,6 +80,22 @@ def test_auto_names_the_engine_that_ran(spark, caplog):
     expected = "graphframes" if graph_engine.graphframes_available(spark) else "dataframes"
     assert chosen == expected
     assert f"graph engine: {expected} (requested auto" in caplog.text
+
+
+def test_auto_collects_small_graphs_to_the_driver_and_keeps_large_ones_distributed(spark, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.graph_engine")
+    assert graph_engine.resolve_engine(spark, "auto", num_edges=10, driver_max_edges=10) == "driver"
+    assert graph_engine.resolve_engine(spark, "auto", num_edges=11, driver_max_edges=10) in ("graphframes", "dataframes")
+    n, edges = _shapes()["star"]
+    vertices, edge_df = _frames(spark, n, edges)
+    caplog.clear()
+    graph_engine.connected_components(spark, vertices, edge_df, engine="auto", driver_max_edges=0)
+    assert "graph engine: driver" not in caplog.text
+
+
+def test_driver_engine_refuses_an_edge_to_an_unknown_vertex():
+    with pytest.raises(ValueError, match="not in the vertex table"):
+        graph_engine.component_labels(np.array(["a", "b"], dtype=object), np.array(["a"]), np.array(["c"]))
 
 
 def test_unknown_engine_is_refused(spark):

@@ -1,0 +1,14 @@
+"""What shapes a model version: settings of the result, not of its execution."""
+from __future__ import annotations
+
+import dataclasses
+
+from jobs.modeling import config_as_dict
+from pipeline.partition import PartitionConfig
+
+
+def test_execution_only_settings_do_not_enter_the_model_version():
+    base = config_as_dict(PartitionConfig())
+    assert "driver_components_max_edges" not in base["PartitionConfig"]
+    assert config_as_dict(dataclasses.replace(PartitionConfig(), driver_components_max_edges=0)) == base
+    assert config_as_dict(dataclasses.replace(PartitionConfig(), resolution=0.5)) != base
