@@ -62,57 +62,61 @@ def _triplets(flows: pd.DataFrame) -> pd.Series:
 
 @dataclass
 class Baselines:
-    """The three fitted baselines; ``score`` applies all of them to a night."""
+    """The fitted baselines (``names``; the others are ``None``); ``score`` applies them."""
 
     config: BaselinesConfig
-    isolation_forest: IsolationForest
-    isolation_forest_threshold: float
-    normalisation: dict
-    knn_index: NearestNeighbors
-    knn_k: int
-    knn_threshold: float
-    known_triplets: frozenset[str]
+    names: tuple[str, ...]
+    isolation_forest: IsolationForest | None = None
+    isolation_forest_threshold: float | None = None
+    normalisation: dict | None = None
+    knn_index: NearestNeighbors | None = None
+    knn_k: int | None = None
+    knn_threshold: float | None = None
+    known_triplets: frozenset[str] | None = None
 
     def _knn_distance(self, standardised: np.ndarray) -> np.ndarray:
         distances, _ = self.knn_index.kneighbors(standardised, n_neighbors=self.knn_k)
         return distances[:, -1]
 
-    def score(self, flows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``{name: (scores [num_flows] float64, is_anomaly [num_flows] bool)}``.
+    def thresholds(self) -> dict[str, float]:
+        """``{name: threshold}`` of the fitted baselines (novelty: 0.5 on its 0/1 score)."""
+        every = {"isolation_forest": self.isolation_forest_threshold, "knn_distance": self.knn_threshold,
+                 "novelty_lookup": 0.5}
+        return {name: every[name] for name in self.names}
 
-        ``flows`` has the ``flows`` table's columns (``pipeline.schema.FLOWS``).
+    def score(self, flows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{name: (scores [num_flows] float64, is_anomaly [num_flows] bool)}`` per fitted baseline.
+
+        ``flows`` has the ``flows`` table's columns (``pipeline.schema.FLOWS``; the
+        novelty lookup alone needs only ``TRIPLET_COLUMNS``).
         """
         if len(flows) == 0:
-            empty = (np.zeros(0), np.zeros(0, dtype=bool))
-            return {name: empty for name in BASELINE_NAMES}
-        forest = -self.isolation_forest.score_samples(raw_matrix(flows))
-        knn = self._knn_distance(apply_normalisation(flows, self.normalisation))
-        novel = ~_triplets(flows).isin(self.known_triplets).to_numpy()
-        return {
-            "isolation_forest": (forest, forest > self.isolation_forest_threshold),
-            "knn_distance": (knn.astype(np.float64), knn > self.knn_threshold),
-            "novelty_lookup": (novel.astype(np.float64), novel),
-        }
+            return {name: (np.zeros(0), np.zeros(0, dtype=bool)) for name in self.names}
+        results = {}
+        if "isolation_forest" in self.names:
+            forest = -self.isolation_forest.score_samples(raw_matrix(flows))
+            results["isolation_forest"] = (forest, forest > self.isolation_forest_threshold)
+        if "knn_distance" in self.names:
+            knn = self._knn_distance(apply_normalisation(flows, self.normalisation)).astype(np.float64)
+            results["knn_distance"] = (knn, knn > self.knn_threshold)
+        if "novelty_lookup" in self.names:
+            novel = ~_triplets(flows).isin(self.known_triplets).to_numpy()
+            results["novelty_lookup"] = (novel.astype(np.float64), novel)
+        return results
 
 
-def fit_baselines(
-    train_flows: pd.DataFrame, seed: int, config: BaselinesConfig = BaselinesConfig()
-) -> Baselines:
-    """Fit the three baselines and their thresholds on benign training flows.
-
-    ``train_flows``: rows of the ``flows`` table from the training nights. Raises
-    ``ValueError`` when there are fewer than two training flows.
-    """
-    if len(train_flows) < 2:
-        raise ValueError(f"baselines need at least 2 training flows, got {len(train_flows)}")
+def _fit_forest(train_flows: pd.DataFrame, seed: int, config: BaselinesConfig) -> dict:
     raw = raw_matrix(train_flows)
     forest = IsolationForest(
         n_estimators=config.isolation_forest_trees,
         max_samples=min(config.isolation_forest_max_samples, len(train_flows)),
         random_state=seed,
     ).fit(raw)
-    forest_train = -forest.score_samples(raw)
+    threshold = float(np.quantile(-forest.score_samples(raw), config.threshold_quantile))
+    return {"isolation_forest": forest, "isolation_forest_threshold": threshold}
 
+
+def _fit_knn(train_flows: pd.DataFrame, seed: int, config: BaselinesConfig) -> dict:
     normalisation = fit_normalisation(train_flows)
     standardised = apply_normalisation(train_flows, normalisation)
     if len(standardised) > config.knn_max_reference:
@@ -130,25 +134,34 @@ def fit_baselines(
     keep = np.ones_like(own)
     keep[np.arange(reference), drop] = False
     knn_train = distances[keep].reshape(reference, k)[:, -1]
+    return {"normalisation": normalisation, "knn_index": index, "knn_k": k,
+            "knn_threshold": float(np.quantile(knn_train, config.threshold_quantile))}
 
-    known = frozenset(_triplets(train_flows).unique().tolist())
-    q = config.threshold_quantile
-    baselines = Baselines(
-        config=config,
-        isolation_forest=forest,
-        isolation_forest_threshold=float(np.quantile(forest_train, q)),
-        normalisation=normalisation,
-        knn_index=index,
-        knn_k=k,
-        knn_threshold=float(np.quantile(knn_train, q)),
-        known_triplets=known,
-    )
-    log.info(
-        "baselines fitted on %d training flows: forest threshold %.4f, kNN threshold %.4f, "
-        "%d known triplets",
-        len(train_flows),
-        baselines.isolation_forest_threshold,
-        baselines.knn_threshold,
-        len(known),
-    )
+
+def fit_baselines(
+    train_flows: pd.DataFrame, seed: int, config: BaselinesConfig = BaselinesConfig(),
+    names: tuple[str, ...] = BASELINE_NAMES,
+) -> Baselines:
+    """Fit the baselines ``names`` and their thresholds on benign training flows.
+
+    ``train_flows``: rows of the ``flows`` table from the training nights (only
+    ``TRIPLET_COLUMNS`` when ``names`` is just the novelty lookup). Raises
+    ``ValueError`` when there are fewer than two training flows or a name is unknown.
+    """
+    unknown = sorted(set(names) - set(BASELINE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {BASELINE_NAMES}")
+    if len(train_flows) < 2:
+        raise ValueError(f"baselines need at least 2 training flows, got {len(train_flows)}")
+    names = tuple(n for n in BASELINE_NAMES if n in names)
+    fitted = {}
+    if "isolation_forest" in names:
+        fitted.update(_fit_forest(train_flows, seed, config))
+    if "knn_distance" in names:
+        fitted.update(_fit_knn(train_flows, seed, config))
+    if "novelty_lookup" in names:
+        fitted["known_triplets"] = frozenset(_triplets(train_flows).unique().tolist())
+    baselines = Baselines(config=config, names=names, **fitted)
+    log.info("baselines %s fitted on %d training flows: thresholds %s", ", ".join(names), len(train_flows),
+             {n: round(t, 4) for n, t in baselines.thresholds().items()})
     return baselines

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.baselines import BaselinesConfig, fit_baselines
+from pipeline.baselines import BASELINE_NAMES, TRIPLET_COLUMNS, BaselinesConfig, fit_baselines
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.labels import BENIGN, label_flows, read_labels
 from pipeline.warehouse import SUCCESS_MARKER, complete_partitions, read_partition
@@ -48,15 +48,24 @@ FLOW_COLUMNS = (
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """``seed`` for the stochastic baselines; ``baselines`` their fixed settings."""
+    """``seed`` for the stochastic baselines; ``baselines`` their fixed settings.
+
+    ``baselines_without_labels``: the baselines a night without labels (the nightly
+    case) still gets. Only the novelty lookup by default: "flows to a service never seen
+    in training" is evidence an analyst can act on, and it costs a set lookup, whereas
+    the Isolation Forest and kNN scores are yardsticks for the models that mean nothing
+    without labels, and the kNN query was the report's largest cost (14 s of a 1 GB
+    night's 20 s, docs/benchmarks.md).
+    """
 
     seed: int = 0
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    baselines_without_labels: tuple[str, ...] = ("novelty_lookup",)
 
 
-def read_flows(spark, warehouse: Path, date: str) -> pd.DataFrame:
-    """The night's flows (``FLOW_COLUMNS`` only) as pandas. Raises ``FileNotFoundError``."""
-    return read_partition(spark, warehouse, "flows", date=date).select(*FLOW_COLUMNS).toPandas()
+def read_flows(spark, warehouse: Path, date: str, columns=FLOW_COLUMNS) -> pd.DataFrame:
+    """The night's flows (``columns``, default ``FLOW_COLUMNS``) as pandas. Raises ``FileNotFoundError``."""
+    return read_partition(spark, warehouse, "flows", date=date).select(*columns).toPandas()
 
 
 def latest_score_version(warehouse: Path, date: str, model: str) -> str | None:
@@ -193,15 +202,14 @@ def evaluate_night(
         detectors[model] = _detector_entry("model", values, flagged, kinds, scored, threshold)
         detectors[model]["model_version"] = version
 
-    train = pd.concat([read_flows(spark, warehouse, d) for d in train_dates], ignore_index=True)
-    baselines = fit_baselines(train, config.seed, config.baselines)
-    thresholds = {
-        "isolation_forest": baselines.isolation_forest_threshold,
-        "knn_distance": baselines.knn_threshold,
-        "novelty_lookup": 0.5,
-    }
-    for name, (values, flagged) in baselines.score(flows).items():
-        detectors[name] = _detector_entry("baseline", values, flagged, kinds, len(flows), thresholds[name])
+    names = BASELINE_NAMES if kinds is not None else tuple(config.baselines_without_labels)
+    columns = TRIPLET_COLUMNS if set(names) <= {"novelty_lookup"} else FLOW_COLUMNS
+    train = pd.concat([read_flows(spark, warehouse, d, columns) for d in train_dates], ignore_index=True)
+    if names:
+        baselines = fit_baselines(train, config.seed, config.baselines, names)
+        thresholds = baselines.thresholds()
+        for name, (values, flagged) in baselines.score(flows).items():
+            detectors[name] = _detector_entry("baseline", values, flagged, kinds, len(flows), thresholds[name])
 
     attack_kinds = None
     if kinds is not None:

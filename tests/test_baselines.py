@@ -87,3 +87,15 @@ def test_knn_reference_is_capped_so_scoring_cost_does_not_grow_with_the_training
     assert 0.002 < rate < 0.03, rate  # still about the 0.99 training quantile on fresh benign flows
     exact = fit_baselines(train, seed=0)
     assert exact.knn_index.n_samples_fit_ == 3000
+
+
+def test_a_subset_of_baselines_is_fitted_and_scored_alone():
+    rng = np.random.default_rng(4)
+    train, night = _flows(500, rng), _flows(300, rng)
+    novelty_only = fit_baselines(train[["dst_ip", "dst_port", "protocol"]], seed=0, names=("novelty_lookup",))
+    assert novelty_only.isolation_forest is None and novelty_only.knn_index is None
+    assert list(novelty_only.score(night)) == ["novelty_lookup"]
+    full = fit_baselines(train, seed=0).score(night)["novelty_lookup"]
+    np.testing.assert_array_equal(novelty_only.score(night)["novelty_lookup"][0], full[0])
+    with pytest.raises(ValueError, match="unknown baselines"):
+        fit_baselines(train, seed=0, names=("lof",))

@@ -13,7 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.evaluate import evaluate_night, latest_score_version, main, results_markdown
+from pipeline.baselines import BASELINE_NAMES
+from pipeline.evaluate import EvaluationConfig, evaluate_night, latest_score_version, main, results_markdown
 from pipeline.warehouse import write_arrow_partition
 
 TRAIN_DATES = ["2026-01-01", "2026-01-02"]
@@ -182,9 +183,20 @@ def test_missing_model_scores_are_reported_unavailable_not_fatal(spark, tmp_path
     summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn"])
     assert summary["detectors"]["a2gnn"] == {"family": "model", "available": False}
     assert summary["attack_flows_by_kind"] is None
-    assert summary["detectors"]["knn_distance"]["metrics"] is None
+    assert summary["detectors"]["novelty_lookup"]["metrics"] is None
     assert summary["volumes"]["ingest_errors"]["errors"] == 2
     assert "not available" in results_markdown(summary)
+
+
+def test_a_night_without_labels_gets_only_the_baselines_that_mean_something_without_them(spark, tmp_path):
+    warehouse, _ = build_synthetic_warehouse(tmp_path, with_scores=False)
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn"])
+    baselines = sorted(n for n, e in summary["detectors"].items() if e["family"] == "baseline")
+    assert baselines == ["novelty_lookup"]
+    everything = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn"],
+                                EvaluationConfig(baselines_without_labels=BASELINE_NAMES))
+    assert sorted(n for n, e in everything["detectors"].items() if e["family"] == "baseline") == sorted(BASELINE_NAMES)
+    assert everything["detectors"]["novelty_lookup"] == summary["detectors"]["novelty_lookup"]
 
 
 def test_newest_score_version_is_evaluated_not_the_first_by_name(tmp_path):
