@@ -7,7 +7,7 @@ from jobs.config import config_class, dataclass_of
 from jobs.graph import PartitionTask, graph, partition
 from jobs.ingest import ExtractFlowsTask
 from jobs.modeling import ScoreModelTask, TrainModelTask, config_as_dict
-from pipeline.a2gnn_stage import A2GNNConfig
+from models.a2gnn_config import A2GNNConfig
 
 a2gnn = config_class("a2gnn", A2GNNConfig)
 

@@ -6,7 +6,7 @@ import datetime as dt
 from jobs.config import config_class, dataclass_of
 from jobs.ingest import ExtractFlowsTask
 from jobs.modeling import ScoreModelTask, TrainModelTask, config_as_dict
-from pipeline.rearview_stage import RearViewConfig
+from pipeline.rearview_config import RearViewConfig
 
 rearview = config_class("rearview", RearViewConfig)
 
@@ -48,7 +48,7 @@ class ScoreRearViewTask(ScoreModelTask):
 
     def run(self):
         from pipeline import warehouse
-        from pipeline.rearview_stage import score_rearview
+        from pipeline.rearview_scoring import score_rearview
 
         spark = self.spark()
         flows_df = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)

@@ -45,7 +45,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,70 +54,10 @@ import torch.nn.functional as F
 from torch_geometric.utils import dropout_edge, mask_feature
 
 from models.a2gnn import A2GNN
+from models.a2gnn_config import ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig  # noqa: F401 (re-exported)
 from models.thresholds import evt_threshold
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class A2GNNConfig:
-    """Hyper-parameters (defaults: METHODS.md "Atomic-Anchor", authors' reference code).
-
-    ``atoms_per_batch`` atoms form one training batch, capped at ``max_batch_flows``
-    flows (an atom larger than the cap is a batch of its own); the fine loss uses at most
-    ``contrastive_sample`` flows of a batch (its ``2N x 2N`` similarity matrix bounds
-    memory). ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-    ``num_processes``/``use_gpu``/``local_mode`` go to TorchDistributor.
-    ``calibration``: which statistics the EVT thresholds are fitted on (``in_sample``,
-    ``own_atom_out`` or ``holdout_atoms`` with ``holdout_fraction`` of the training
-    atoms held out of training). Default ``own_atom_out``: every training flow is scored
-    against the anchors of the *other* atoms, as a new night's flow is; it calibrates on
-    all training atoms instead of a 20 % hold-out, and on the dev archive it beat
-    ``holdout_atoms`` at each of three seeds (F1 0.78/0.68/0.69 vs 0.53/0.60/0.37,
-    docs/benchmarks.md '## A2GNN'; METHODS.md allows a change a labelled measurement
-    supports). ``anchor_scale``: ``none`` or ``radius`` (per-anchor
-    spread); ``structure``: ``none`` or ``atom_shift`` (atom-level term), see the module
-    doc and :func:`fit_detector`.
-    ``cpu_threads``: torch intra-op threads of a training worker (0 = torch's default;
-    on a shared, busy machine 1 avoids spin-waiting threads; results are bit-identical
-    only for the same thread count).
-    """
-
-    hidden: int = 64
-    heads: int = 8
-    out_dim: int = 32
-    layers: int = 2
-    dropout: float = 0.3
-    edge_drop: float = 0.3
-    feature_mask: float = 0.3
-    temperature: float = 0.5
-    coarse_weight: float = 0.5
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    epochs: int = 20
-    atoms_per_batch: int = 512
-    max_batch_flows: int = 8192
-    contrastive_sample: int = 4096
-    seed: int = 42
-    evt_quantile: float = 0.95
-    evt_risk: float = 0.002
-    device: str = "auto"
-    num_processes: int = 1
-    use_gpu: bool = False
-    local_mode: bool = True
-    cpu_threads: int = 0
-    calibration: str = "own_atom_out"
-    holdout_fraction: float = 0.2
-    anchor_scale: str = "radius"
-    structure: str = "atom_shift"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "A2GNNConfig":
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 # ----------------------------------------------------------------------------- data
@@ -631,8 +571,6 @@ def load_graph(path: str | Path) -> AtomGraph:
     return AtomGraph(arrays["x"], arrays["atom"], arrays["edge_index"])
 
 
-WEIGHTS_FILE = "weights.safetensors"
-ANCHORS_FILE = "anchors.safetensors"
 
 
 def save_trained(out_dir: Path, model: A2GNN, detector: dict) -> None:

@@ -32,14 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.a2gnn_training import (
-    ANCHORS_FILE,
-    WEIGHTS_FILE,
-    A2GNNConfig,
-    AtomGraph,
-    distributed_train,
-    save_graph,
-)
+# torch and PyTorch Geometric (models.a2gnn_training) are imported inside the functions
+# that train or embed: the driver of a scoring run never needs them (~8 s to import).
+from models.a2gnn_config import ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig
 from pipeline import features, model_store, schema
 
 log = logging.getLogger(__name__)
@@ -109,6 +104,8 @@ def _night_tables(night: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def build_training_graph(nights: list[tuple[str, pd.DataFrame, pd.DataFrame]], stats: dict) -> AtomGraph:
     """Stack nights ``(date, flows, edges)`` into one graph with atoms keyed by date."""
+    from models.a2gnn_training import AtomGraph
+
     xs, atom_keys, sources, targets = [], [], [], []
     offset = 0
     for date, flows, edges in nights:
@@ -137,6 +134,7 @@ def train_a2gnn(spark, train_nights: list[dict], config: A2GNNConfig, out_dir: P
     ``flows``, ``atoms`` and ``graph_edges`` tables). Returns JSON-able training metrics.
     Raises ``ValueError`` when the nights hold no flow.
     """
+    from models.a2gnn_training import distributed_train, save_graph
     from pipeline.distributed_training import run_training
 
     out_dir = Path(out_dir)
@@ -226,7 +224,7 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     """
     import torch
 
-    from models.a2gnn_training import detector_scores, embed
+    from models.a2gnn_training import AtomGraph, detector_scores, embed
 
     torch.set_num_threads(1)
     columns = [f.name for f in schema.FLOW_SCORES]

@@ -20,10 +20,10 @@ import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported where tensors are saved or loaded, not by every reader of versions
+    import torch
 
 MANIFEST = "manifest.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,9 +158,13 @@ def _json_default(value):
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
     """Save tensors (e.g. a ``state_dict``) as safetensors; copies to contiguous CPU."""
+    from safetensors.torch import save_file
+
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
 
 
 def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load safetensors: plain tensors only, no code is executed."""
+    from safetensors.torch import load_file
+
     return load_file(str(path), device=device)

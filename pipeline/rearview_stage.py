@@ -83,96 +83,20 @@ from models.rearview_training import (
     embed_edges, screen_flows, session_graph, train_cvae, train_edge_dgi,
 )
 from pipeline import features, model_store, schema
+from pipeline.rearview_config import DECISION_RULES, RearViewConfig  # noqa: F401 (re-exported)
+from pipeline.rearview_scoring import DEFAULT_FLOWS_PER_TASK, FLOW_COLUMNS, score_rearview  # noqa: F401 (re-exported)
 from pipeline.rearview_windows import eviction_count, home_window, window_bounds, window_count
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "rearview"
-# Flows one Spark scoring task handles (its span of FIFO windows, see score_rearview):
-# large enough that per-task overhead (artifact load, Arrow transfer) is small next to
-# the work, small enough that a night splits into several tasks per core.
-DEFAULT_FLOWS_PER_TASK = 25_000
-FLOW_COLUMNS = (
-    "flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
-    "first_seen_ms", "last_seen_ms", "community_id",
-) + features.FEATURE_COLUMNS
 ARTIFACT_FILES = (
     "config.json", "normalisation.json", "conditions.json", "detector.json",
     "vae.safetensors", "kde.safetensors", "sage.safetensors", "classifier_training.safetensors",
     "calibration.safetensors",
 )
-DECISION_RULES = ("paper", "calibrated", "fused")
 CONDITION_LEVELS = ("triplet", "port_protocol", "protocol", "global")
 NUM_FALLBACK_CELLS = 2 * len(CONDITION_LEVELS)
-
-
-@dataclass(frozen=True)
-class RearViewConfig:
-    """RearView settings (defaults from METHODS.md "RearView"; the lead maps luigi.cfg here).
-
-    ``validation_fraction``: share of each training night (its last flows in start
-    order) held out as benign validation flows for the threshold.
-    ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-    ``num_processes``/``use_gpu``: passed to ``pipeline.distributed_training.run_training``.
-    ``cpu_threads``: torch intra-op threads per training or scoring process on CPU (1:
-    the networks are small, and more threads on a shared machine cost far more in
-    contention than they gain; it also keeps CPU runs bit-reproducible).
-    ``decision_rule``: ``"paper"`` | ``"calibrated"`` | ``"fused"`` (module docstring).
-    Default ``calibrated`` without ``novelty_prior`` (unchanged since before the novelty
-    edge feature; METHODS.md's rule, classifier flags OR screening alarm, with both
-    thresholds read off the benign validation flows). Since the refined score carries
-    the novelty of the flow's server (:func:`edge_features`), adding the novelty prior to
-    the screening clause or fusing both terms (Fisher's method assumes independent
-    evidence) would count the same novelty twice (docs/benchmarks.md, '## RearView').
-    ``false_alarm_rate``: benign validation false-alarm rate of the screening clause
-    (``calibrated``) or of the whole fused statistic (``fused``).
-    ``novelty_prior``: the screening surprise adds ``-ln`` of the validation share of the
-    flow's fallback cell (not used by ``paper``).
-    ``ensemble_size``: refinement members (encoder + classifier) averaged into the refined
-    score (:func:`ensemble_refined`); 5 was fixed before any dev measurement of it, as a
-    cost/variance compromise (refinement costs K times one member).
-    """
-
-    queue_size: int = 2000
-    evict_fraction: float = 0.8
-    min_triplet_sessions: int = 50
-    suspicious_p: float = 0.6
-    screening_alarm_p: float = 0.95
-    kde_bandwidth: float = 0.1
-    vae_epochs: int = 50
-    vae_learning_rate: float = 1e-4
-    vae_batch_size: int = 32
-    condition_dropout: float = 0.1
-    sage_epochs: int = 100
-    sage_learning_rate: float = 1e-3
-    classifier: str = "iforest"
-    ensemble_size: int = 5
-    validation_fraction: float = 0.2
-    threshold_quantile: float = 0.99
-    seed: int = 0
-    device: str = "auto"
-    num_processes: int = 1
-    use_gpu: bool = False
-    cpu_threads: int = 1
-    decision_rule: str = "calibrated"
-    false_alarm_rate: float = 0.005
-    novelty_prior: bool = False
-
-    def __post_init__(self) -> None:
-        if self.decision_rule not in DECISION_RULES:
-            raise ValueError(
-                f"RearViewConfig.decision_rule must be one of {DECISION_RULES}, got {self.decision_rule!r}")
-        if not 0.0 < self.false_alarm_rate < 1.0:
-            raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
-        if self.classifier not in ("iforest", "cblof"):
-            raise ValueError(f"RearViewConfig.classifier must be 'iforest' or 'cblof', got {self.classifier!r}")
-        if self.ensemble_size < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if not 0.0 < self.threshold_quantile <= 1.0:
-            raise ValueError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
-        eviction_count(self.queue_size, self.evict_fraction)
 
 
 # ---------------------------------------------------------------- conditions (pure)
@@ -922,7 +846,7 @@ def score_flows_local(flows: pd.DataFrame, artifact_dir: str | Path) -> pd.DataF
     return score_window_span(flows, art, len(flows), 0, window_count(len(flows), art.config.queue_size, evict))
 
 
-def _score_task(artifact_dir: str, num_flows: int, windows_per_task: int, frame: pd.DataFrame) -> pd.DataFrame:
+def score_task(artifact_dir: str, num_flows: int, windows_per_task: int, frame: pd.DataFrame) -> pd.DataFrame:
     """``applyInPandas`` body: one task's span of windows (its flows plus their FIFO
     context, column ``task`` = span number) in, its home flows' score rows out."""
     art = load_artifacts(artifact_dir)
@@ -932,43 +856,3 @@ def _score_task(artifact_dir: str, num_flows: int, windows_per_task: int, frame:
     first = int(frame["task"].iloc[0]) * windows_per_task
     frame = frame.sort_values("flow_index", kind="mergesort").reset_index(drop=True)
     return score_window_span(frame, art, num_flows, first, min(first + windows_per_task, windows))
-
-
-def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str,
-                   flows_per_task: int = DEFAULT_FLOWS_PER_TASK):
-    """Score a night's flows with a RearView artifact: Spark DataFrame of ``FLOW_SCORES``.
-
-    The flows are numbered in replay order in the JVM (``pipeline.ordering``), the FIFO
-    windows are cut into spans of ``max(1, flows_per_task // evict)`` consecutive windows,
-    and each span is one ``applyInPandas`` group holding its flows plus the
-    ``queue_size - evict`` flows of context its last window reaches into the next span
-    (a flow is replicated into at most two spans). Equal to :func:`score_flows_local`.
-    ``model_version`` is the artifact's version (the caller writes it as the
-    ``model_version`` partition).
-    """
-    from pyspark.sql import functions as F
-
-    from pipeline.ordering import with_sequence_index
-
-    art = load_artifacts(str(artifact_dir))
-    queue = art.config.queue_size
-    evict = eviction_count(queue, art.config.evict_fraction)
-    indexed, num_flows = with_sequence_index(flows_df.select(*FLOW_COLUMNS), ["first_seen_ms", "flow_id"],
-                                             "flow_index")
-    windows = window_count(num_flows, queue, evict)
-    per_task = max(1, int(flows_per_task) // evict)
-    tasks = -(-windows // per_task)
-    log.info("RearView %s: scoring %d flows in %d FIFO windows, %d Spark tasks",
-             model_version, num_flows, windows, tasks)
-    index = F.col("flow_index")
-    first = F.greatest(F.lit(0), F.ceil((index - F.lit(queue - 1)) / F.lit(evict)).cast("long"))
-    last = F.least(F.floor(index / F.lit(evict)).cast("long"), F.lit(max(windows - 1, 0)).cast("long"))
-    replicated = indexed.withColumn(
-        "task", F.explode(F.sequence(F.floor(first / per_task), F.floor(last / per_task)).cast("array<long>"))
-    ).repartition(max(tasks, 1), "task")
-    path = str(artifact_dir)
-
-    def body(frame: pd.DataFrame) -> pd.DataFrame:
-        return _score_task(path, num_flows, per_task, frame)
-
-    return replicated.groupBy("task").applyInPandas(body, schema=schema.spark_schema("flow_scores"))
