@@ -90,9 +90,16 @@ def stage_seconds(log_text: str) -> dict[str, float]:
             for column, families in STAGES if any(f in per_family for f in families)}
 
 
+def role_peaks(result: dict) -> str:
+    """``luigi / JVM / workers`` peaks (each its own maximum, so they need not sum to the total)."""
+    roles = result.get("peak_rss_by_role_mib") or {}
+    return " / ".join(f"{roles[k]:.0f}" if k in roles else "-" for k in ("driver", "jvm", "workers"))
+
+
 def write_section(rows: list, training: dict) -> None:
     table = ["| night | packets | NFStream extraction (s) | DetectTask end to end (s) | ratio | "
-             "DetectTask peak RSS (MiB) | NFStream peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
+             "DetectTask peak RSS (MiB) | of which luigi / JVM / Python workers (MiB) | NFStream peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     stages = ["| night | " + " | ".join(c for c, _ in STAGES) + " | other (JVM start, scheduling) |",
               "|---|" + "---:|" * (len(STAGES) + 1)]
     for size, generated, nfstream, detect in rows:
@@ -100,7 +107,7 @@ def write_section(rows: list, training: dict) -> None:
         table.append(
             f"| {night} | {generated['packets']:,} | "
             f"{nfstream['seconds']:.1f} | {detect['seconds']:.1f} | {detect['seconds'] / nfstream['seconds']:.2f}x | "
-            f"{detect['peak_rss_mib']:.0f} | {nfstream['peak_rss_mib']:.0f} |")
+            f"{detect['peak_rss_mib']:.0f} | {role_peaks(detect)} | {nfstream['peak_rss_mib']:.0f} |")
         timed = stage_seconds(detect["output"])
         other = detect["seconds"] - sum(timed.values())
         stages.append(f"| {night} | " + " | ".join(f"{timed[c]:.1f}" if c in timed else "-" for c, _ in STAGES)

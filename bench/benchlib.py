@@ -37,11 +37,18 @@ def stamp() -> str:
 
 def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO_ROOT,
                  poll_s: float = 0.2) -> dict:
-    """Run ``command``; wall seconds, exit code and peak RSS (MiB) summed over its process tree."""
+    """Run ``command``; wall seconds, exit code and peak RSS (MiB) summed over its process tree.
+
+    ``peak_rss_by_role_mib``: each role's own peak (not simultaneous): ``driver`` (the
+    command's process), ``jvm`` (java processes: Spark's driver JVM), ``workers`` (the rest:
+    Spark's Python daemon and workers, TorchDistributor processes), so a growing total
+    can be traced to where it grows.
+    """
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(process.pid)
     peak = 0
+    roles = {"driver": 0, "jvm": 0, "workers": 0}
     output: list[str] = []
     import threading
 
@@ -50,13 +57,19 @@ def run_measured(command: list[str], env: dict | None = None, cwd: Path = REPO_R
     while process.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            now = {"driver": 0, "jvm": 0, "workers": 0}
+            for p in tree:
+                role = "driver" if p.pid == root.pid else "jvm" if p.name() == "java" else "workers"
+                now[role] += p.memory_info().rss
+            peak = max(peak, sum(now.values()))
+            roles = {k: max(roles[k], now[k]) for k in roles}
         except psutil.Error:
             pass
         time.sleep(poll_s)
     reader.join(timeout=10)
     return {"seconds": time.perf_counter() - start, "returncode": process.returncode,
-            "peak_rss_mib": peak / 2**20, "output": "".join(output)}
+            "peak_rss_mib": peak / 2**20, "peak_rss_by_role_mib": {k: v / 2**20 for k, v in roles.items()},
+            "output": "".join(output)}
 
 
 def replace_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
