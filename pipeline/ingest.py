@@ -2,10 +2,12 @@
 
 Spark distributes the files (a DataFrame of paths, one file per task, ``mapInArrow``);
 each file is read streaming (``pipeline.capture.reader``) and assembled into mergeable
-partial flows (``pipeline.flows``). Flows that may straddle a file boundary (left open at
-a file's end, or starting within the idle timeout of a file's first packet) are merged
-per key on the driver, so rotated files of one night give the same flows as one file;
-they are few (bounded by the flows open at rotation times), the rest stay distributed. Bad files never fail the night: their
+partial flows (``pipeline.flows``), which the task finalises itself, except those that
+may straddle a file boundary (left open at a file's end, or starting within the idle
+timeout of a file's first packet): those travel to the driver as Arrow IPC blobs and are
+merged per key there, so rotated files of one night give the same flows as one file;
+they are few (bounded by the flows open at rotation times), the rest stay distributed
+and are written from the tasks' output in one pass. Bad files never fail the night: their
 problems go to ``ingest_errors`` and a copy of the file to
 ``<warehouse>/quarantine/date=D/``; the archive is only ever read.
 """
@@ -83,6 +85,7 @@ class FileScan:
             file_bytes = 0
         self.stats = _empty_stats(capture_file, file_bytes)
         self.errors: list[dict] = []
+        self.first_packet_us: int | None = None  # earliest timestamp read so far (us)
 
     def flows(self) -> Iterator[pa.Table]:
         config, capture_file = self.config, self.capture_file
@@ -99,6 +102,7 @@ class FileScan:
                                               & (P[:, decode.FRAG] != decode.NOT_FRAGMENT)))
             ts = P[:, decode.TS]
             first_us = int(ts.min()) if first_us is None else min(first_us, int(ts.min()))
+            self.first_packet_us = first_us
             last_us = int(ts.max()) if last_us is None else max(last_us, int(ts.max()))
             assembler.add(P)
             if assembler.pending_flows >= self.flush_flows:
@@ -139,31 +143,64 @@ def process_file(path: str | Path, capture_file: str, config: FlowConfig = FlowC
 
 # ------------------------------------------------------------------ Spark plumbing
 _META = "meta"
-TASK_SCHEMA = pa.schema(list(PARTIAL_SCHEMA) + [pa.field(_META, pa.string())])
-"""What a file task emits: partial flows, plus one row whose ``meta`` holds stats/errors."""
+_BOUNDARY = "boundary_flows"
+TASK_SCHEMA = pa.schema([f.with_nullable(True) for f in schema.FLOWS] + [pa.field(_META, pa.string()), pa.field(_BOUNDARY, pa.binary())])
+"""What a file task emits: its final flows, rows whose ``boundary_flows`` holds an Arrow IPC
+stream of partial flows that may continue in another file, and one row whose ``meta``
+holds the file's stats and errors."""
+BOUNDARY_CHUNK_FLOWS = 20_000
 
 
-def _flow_rows(flows: pa.Table) -> Iterator[pa.RecordBatch]:
-    if flows.num_rows:
-        meta = pa.nulls(flows.num_rows, type=pa.string())
-        yield from flows.append_column(_META, meta).to_batches(max_chunksize=50_000)
+def boundary_mask(partial: pa.Table, first_packet_us: int, config: FlowConfig) -> np.ndarray:
+    """``[flows]`` bool: the partial flows that may continue across a file boundary.
+
+    A flow can only continue in another file if it was left open at its file's end
+    (reason ``end_of_capture``) or starts within the idle timeout of the file's first
+    packet (``first_packet_us``, rounded up to the next ms, so an earlier packet found
+    later in the file can only enlarge the set; extra boundary flows merge with nothing).
+    """
+    horizon = (first_packet_us // 1000 + 1) * 1000 + int(config.idle_timeout_s * 1e6)
+    reason = partial.column("reason").to_numpy()
+    first = partial.column("bidirectional_first_us").to_numpy()
+    return (reason == R_EOC) | (first < horizon)
 
 
-def _meta_row(stats: dict, errors: list[dict]) -> pa.RecordBatch:
-    row = {f.name: [None] for f in PARTIAL_SCHEMA}
-    row[_META] = [json.dumps({"stats": stats, "errors": errors})]
+def _side_rows(meta: str | None = None, boundary: pa.Table | None = None) -> pa.RecordBatch:
+    row = {f.name: [None] for f in schema.FLOWS}
+    row[_META] = [meta]
+    row[_BOUNDARY] = [None]
+    if boundary is not None:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, PARTIAL_SCHEMA) as writer:
+            writer.write_table(boundary)
+        row[_BOUNDARY] = [sink.getvalue().to_pybytes()]
     return pa.RecordBatch.from_pydict(row, schema=TASK_SCHEMA)
 
 
+def _final_rows(partial: pa.Table) -> Iterator[pa.RecordBatch]:
+    if partial.num_rows:
+        flows = finalize(partial)
+        flows = flows.append_column(_META, pa.nulls(flows.num_rows, pa.string()))
+        flows = flows.append_column(_BOUNDARY, pa.nulls(flows.num_rows, pa.binary()))
+        yield from flows.cast(TASK_SCHEMA).to_batches(max_chunksize=50_000)
+
+
 def _file_task(config: FlowConfig):
+    """``mapInArrow`` body: each file's flows are finalised in the task, except the few that
+    may continue in another file (:func:`boundary_mask`), which go to the driver whole."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for path, rel in zip(batch.column("path").to_pylist(),
                                  batch.column("capture_file").to_pylist()):
                 scan = FileScan(path, rel, config)
+                boundary: list[pa.Table] = []
                 try:
-                    for flows in scan.flows():
-                        yield from _flow_rows(flows)
+                    for partial in scan.flows():
+                        if not partial.num_rows:
+                            continue
+                        edge = boundary_mask(partial, scan.first_packet_us, config)
+                        boundary.append(partial.filter(pa.array(edge)))
+                        yield from _final_rows(partial.filter(pa.array(~edge)))
                     stats, errors = scan.stats, scan.errors
                 except Exception as exc:  # a bug must not lose the night: report it
                     log.exception("failed on %s", path)
@@ -171,15 +208,11 @@ def _file_task(config: FlowConfig):
                     errors = scan.errors + [dict(
                         capture_file=rel, byte_offset=0, fatal=True, quarantine_path=None,
                         reason=f"internal error: {type(exc).__name__}: {exc}")]
-                yield _meta_row(stats, errors)
+                edges = pa.concat_tables(boundary) if boundary else PARTIAL_SCHEMA.empty_table()
+                for start in range(0, edges.num_rows, BOUNDARY_CHUNK_FLOWS):
+                    yield _side_rows(boundary=edges.slice(start, BOUNDARY_CHUNK_FLOWS))
+                yield _side_rows(meta=json.dumps({"stats": stats, "errors": errors}))
     return run
-
-
-def _finalize_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        table = pa.Table.from_batches([batch])
-        if table.num_rows:
-            yield from finalize(table).to_batches()
 
 
 def _quarantine(archive_file: Path, quarantine_dir: Path, capture_file: str) -> str | None:
@@ -259,27 +292,16 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
     emitted = paths.mapInArrow(_file_task(config), from_arrow_schema(TASK_SCHEMA)).persist(
         StorageLevel.MEMORY_AND_DISK)
     try:
-        metas = [json.loads(r[_META]) for r in
-                 emitted.where(F.col(_META).isNotNull()).select(_META).collect()]
+        side = emitted.where(F.col(_META).isNotNull() | F.col(_BOUNDARY).isNotNull()).select(
+            _META, _BOUNDARY).toArrow()
+        metas = [json.loads(m) for m in side.column(_META).to_pylist() if m is not None]
         stats = sorted((m["stats"] for m in metas), key=lambda s: s["capture_file"])
         errors = [e for m in metas for e in m["errors"]]
-        partial = emitted.where(F.col(_META).isNull()).drop(_META)
-        # A flow can continue across a file boundary only if it was left open at its
-        # file's end, or starts within the idle timeout of its file's first packet.
-        # Those few "boundary" flows are merged on the driver; the rest are final.
-        idle_us = int(config.idle_timeout_s * 1e6)
-        horizon = {s["capture_file"]: (s["first_packet_ms"] + 1) * 1000 + idle_us
-                   for s in stats if s["first_packet_ms"] is not None}
-        horizon_col = F.lit(None).cast("long")
-        for name, limit in horizon.items():
-            horizon_col = F.when(F.col("capture_file") == name, F.lit(limit)).otherwise(
-                horizon_col)
-        boundary = (F.col("reason") == R_EOC) | (
-            F.col("bidirectional_first_us") < F.coalesce(horizon_col, F.lit(0)))
-        inner = partial.where(~boundary).mapInArrow(_finalize_task, schema.spark_schema("flows"))
-        edge = partial.where(boundary).toArrow()
-        edge = expire_at_night_end(merge_partial_table(edge.cast(PARTIAL_SCHEMA), config),
-                                   _night_last_us(stats), config)
+        blobs = [b for b in side.column(_BOUNDARY).to_pylist() if b is not None]
+        edge = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blobs]) if blobs \
+            else PARTIAL_SCHEMA.empty_table()
+        inner = emitted.where(F.col(_META).isNull() & F.col(_BOUNDARY).isNull()).drop(_META, _BOUNDARY)
+        edge = expire_at_night_end(merge_partial_table(edge, config), _night_last_us(stats), config)
         log.info("extract %s: %d boundary flows merged on the driver", date, edge.num_rows)
         flows = inner
         if edge.num_rows:

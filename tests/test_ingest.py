@@ -189,3 +189,16 @@ def test_bad_files_are_reported_and_quarantined_without_failing_the_night_and_re
     assert sorted(read_arrow_partition(wh, "flows", date=DAY).column("flow_id").to_pylist()) == ids
     assert read_arrow_partition(wh, "flows", date=other).num_rows == 1
     assert len(list((wh / "flows").iterdir())) == 2
+
+
+def test_only_flows_open_at_the_end_or_starting_within_the_idle_timeout_leave_their_task():
+    from pipeline.flows import PARTIAL_SCHEMA, R_EOC, R_FIN, FlowConfig
+    from pipeline.ingest import boundary_mask
+
+    first_us, idle_us = 1_000_000_000, 120 * 1_000_000
+    starts = [first_us, first_us + idle_us - 1, first_us + idle_us + 1000, first_us + idle_us + 5000]
+    reasons = [R_FIN, R_FIN, R_FIN, R_EOC]
+    rows = {f.name: [None] * 4 for f in PARTIAL_SCHEMA}
+    rows.update(bidirectional_first_us=starts, reason=reasons)
+    partial = pa.Table.from_pydict(rows, schema=PARTIAL_SCHEMA)
+    assert boundary_mask(partial, first_us, FlowConfig(idle_timeout_s=120)).tolist() == [True, True, False, True]
