@@ -44,6 +44,9 @@ FLOW_COLUMNS = (
     "bidirectional_bytes",
 ) + tuple(c for c in FEATURE_COLUMNS if c != "bidirectional_bytes")
 """Columns of ``flows`` the evaluation loads (the baselines' features and the label keys)."""
+KEY_COLUMNS = FLOW_COLUMNS[:9] + ("bidirectional_packets",)
+"""What the evaluation needs of a night when no feature-based baseline runs."""
+FEATURE_BASELINES = ("isolation_forest", "knn_distance")
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,9 @@ def evaluate_night(
     newest complete scores partition of the night.
     """
     warehouse = Path(warehouse)
-    flows = read_flows(spark, warehouse, date)
+    names = BASELINE_NAMES if labels_path is not None else tuple(config.baselines_without_labels)
+    with_features = bool(set(names) & set(FEATURE_BASELINES))
+    flows = read_flows(spark, warehouse, date, FLOW_COLUMNS if with_features else KEY_COLUMNS)
     log.info("evaluating %s: %d flows", date, len(flows))
     kinds = None
     if labels_path is not None:
@@ -202,8 +207,7 @@ def evaluate_night(
         detectors[model] = _detector_entry("model", values, flagged, kinds, scored, threshold)
         detectors[model]["model_version"] = version
 
-    names = BASELINE_NAMES if kinds is not None else tuple(config.baselines_without_labels)
-    columns = TRIPLET_COLUMNS if set(names) <= {"novelty_lookup"} else FLOW_COLUMNS
+    columns = FLOW_COLUMNS if with_features else TRIPLET_COLUMNS
     train = pd.concat([read_flows(spark, warehouse, d, columns) for d in train_dates], ignore_index=True)
     if names:
         baselines = fit_baselines(train, config.seed, config.baselines, names)
