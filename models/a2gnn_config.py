@@ -35,6 +35,11 @@ class A2GNNConfig:
     ``cpu_threads``: torch intra-op threads of a training worker (0 = torch's default;
     on a shared, busy machine 1 avoids spin-waiting threads; results are bit-identical
     only for the same thread count).
+    ``ensemble_size``: independently seeded members (model, anchors, thresholds each;
+    member 0 uses ``seed``, :func:`member_seed`); a flow's score is the median over
+    members of each member's score over its own threshold, so it is anomalous when most
+    members say so (``models.a2gnn_training.ensemble_scores``). 1 = the authors' single
+    model.
     """
 
     hidden: int = 64
@@ -64,6 +69,7 @@ class A2GNNConfig:
     holdout_fraction: float = 0.2
     anchor_scale: str = "radius"
     structure: str = "atom_shift"
+    ensemble_size: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,3 +78,16 @@ class A2GNNConfig:
     def from_dict(cls, values: dict) -> "A2GNNConfig":
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+MEMBER_SEED_STRIDE = 1_000_003
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Training seed of ensemble member ``member`` (member 0 uses ``seed`` itself)."""
+    return seed + MEMBER_SEED_STRIDE * member
+
+
+def member_dir(member: int) -> str:
+    """Sub-directory of an artifact holding member ``member`` ('' = the artifact root, member 0)."""
+    return "" if member == 0 else f"member{member}"

@@ -41,6 +41,7 @@ Anchors are the mean embedding ``z`` of every training atom. Detector (see
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -54,7 +55,9 @@ import torch.nn.functional as F
 from torch_geometric.utils import dropout_edge, mask_feature
 
 from models.a2gnn import A2GNN
-from models.a2gnn_config import ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig  # noqa: F401 (re-exported)
+from models.a2gnn_config import (  # noqa: F401 (re-exported)
+    ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig, member_dir, member_seed,
+)
 from models.thresholds import evt_threshold
 
 log = logging.getLogger(__name__)
@@ -408,6 +411,20 @@ def combined_score(
                       np.asarray(atom_statistic, np.float64) / max(atom_threshold, tiny))
 
 
+def ensemble_scores(member_scores: list[np.ndarray], member_thresholds: list[float]) -> np.ndarray:
+    """``[N]`` the median over members of ``score_k / threshold_k`` (anomalous above 1).
+
+    Each member's score is put on its own threshold's scale first (members are trained
+    and calibrated independently, so their raw distances are not comparable); the median
+    flags a flow when more than half of the members flag it, so one member whose EVT tail
+    fit landed low (the spread across seeds in docs/benchmarks.md, '## A2GNN') cannot
+    flag whole benign atoms on its own.
+    """
+    tiny = np.finfo(np.float64).tiny
+    ratios = [np.asarray(s, np.float64) / max(float(t), tiny) for s, t in zip(member_scores, member_thresholds)]
+    return np.median(np.stack(ratios), axis=0)
+
+
 def detector_scores(
     embeddings: np.ndarray, atom: np.ndarray, detector: dict, config: A2GNNConfig,
     exclude_own: bool = False,
@@ -516,9 +533,11 @@ def distributed_train(graph_path: str, config_dict: dict, out_path: str) -> dict
     """TorchDistributor ``train_fn``: train on the graph saved at ``graph_path``.
 
     ``graph_path``: safetensors with ``x``, ``atom``, ``edge_index`` (see
-    :func:`save_graph`). Rank 0 writes ``weights.safetensors`` (state dict) and
-    ``anchors.safetensors`` (``anchors``, ``train_scores``) into ``out_path`` and
-    returns the training metrics with the EVT threshold.
+    :func:`save_graph`). For each of ``ensemble_size`` members, rank 0 writes
+    ``weights.safetensors`` (state dict) and ``anchors.safetensors`` (``anchors``,
+    ``train_scores``) into ``out_path`` (member 0) or ``out_path/member<k>``, and returns
+    member 0's training metrics with its EVT thresholds plus ``members``: each member's
+    seed and thresholds.
     """
     from pipeline.distributed_training import distributed_context, init_process_group_if_needed
 
@@ -529,27 +548,39 @@ def distributed_train(graph_path: str, config_dict: dict, out_path: str) -> dict
     if config.cpu_threads > 0:
         torch.set_num_threads(config.cpu_threads)
     check_detector_config(config)
-    graph = load_graph(graph_path)
-    holdout = None
-    if config.calibration == "holdout_atoms":
-        graph, holdout = split_holdout(graph, config.holdout_fraction, config.seed)
-    model, metrics = train_model(graph, config, torch.device(context.device),
-                                 context.rank, context.world_size)
+    full_graph = load_graph(graph_path)
+    metrics: dict = {}
+    members = []
+    for member in range(config.ensemble_size):
+        member_config = dataclasses.replace(config, seed=member_seed(config.seed, member))
+        graph, holdout = full_graph, None
+        if config.calibration == "holdout_atoms":
+            graph, holdout = split_holdout(full_graph, config.holdout_fraction, member_config.seed)
+        model, member_metrics = train_model(graph, member_config, torch.device(context.device),
+                                            context.rank, context.world_size)
+        if not context.is_main:
+            continue
+        detector = fit_detector(model, graph, member_config, holdout)
+        save_trained(Path(out_path) / member_dir(member), model, detector)
+        members.append({"seed": member_config.seed, "threshold": detector["threshold"],
+                        "flow_threshold": detector["flow_threshold"],
+                        "atom_threshold": detector["atom_threshold"]})
+        if member == 0:
+            metrics = dict(member_metrics)
+            metrics.update({
+                "threshold": detector["threshold"],
+                "flow_threshold": detector["flow_threshold"],
+                "atom_threshold": detector["atom_threshold"],
+                "calibration_flows": int(detector["train_scores"].size),
+                "calibration_atoms": int(detector["atom_scores"].size),
+                "num_anchors": int(detector["anchors"].shape[0]),
+                "train_score_quantiles": {
+                    q: float(np.quantile(detector["train_scores"], float(q)))
+                    for q in ("0.5", "0.9", "0.95", "0.99")
+                },
+            })
     if context.is_main:
-        detector = fit_detector(model, graph, config, holdout)
-        save_trained(Path(out_path), model, detector)
-        metrics.update({
-            "threshold": detector["threshold"],
-            "flow_threshold": detector["flow_threshold"],
-            "atom_threshold": detector["atom_threshold"],
-            "calibration_flows": int(detector["train_scores"].size),
-            "calibration_atoms": int(detector["atom_scores"].size),
-            "num_anchors": int(detector["anchors"].shape[0]),
-            "train_score_quantiles": {
-                q: float(np.quantile(detector["train_scores"], float(q)))
-                for q in ("0.5", "0.9", "0.95", "0.99")
-            },
-        })
+        metrics["members"] = members
     if distributed:
         import torch.distributed as dist
 

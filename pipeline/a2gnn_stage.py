@@ -34,7 +34,7 @@ import pandas as pd
 
 # torch and PyTorch Geometric (models.a2gnn_training) are imported inside the functions
 # that train or embed: the driver of a scoring run never needs them (~8 s to import).
-from models.a2gnn_config import ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig
+from models.a2gnn_config import ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig, member_dir
 from pipeline import features, model_store, schema
 
 log = logging.getLogger(__name__)
@@ -172,48 +172,62 @@ def train_a2gnn(spark, train_nights: list[dict], config: A2GNNConfig, out_dir: P
         "flow_threshold": metrics["flow_threshold"], "atom_threshold": metrics["atom_threshold"],
         "calibration": config.calibration, "anchor_scale": config.anchor_scale,
         "structure": config.structure, "quantile": config.evt_quantile, "risk": config.evt_risk,
+        "members": metrics.get("members", []),
     })
     model_store.save_json(out_dir / METRICS_FILE, metrics)
     return metrics
 
 
 # ------------------------------------------------------------------------ scoring
-def load_artifact(artifact_dir: Path) -> dict:
-    """Everything scoring needs, as plain data (JSON + safetensors; no code is run)."""
+def _load_member(member_path: Path, thresholds: dict) -> dict:
     from safetensors.numpy import load_file
 
-    artifact_dir = Path(artifact_dir)
-    meta = model_store.load_json(artifact_dir / CONFIG_FILE)
-    threshold = model_store.load_json(artifact_dir / THRESHOLD_FILE)
-    anchors = load_file(str(artifact_dir / ANCHORS_FILE))
+    anchors = load_file(str(member_path / ANCHORS_FILE))
     return {
-        "config": meta["config"],
-        "in_dim": int(meta["in_dim"]),
-        "stats": model_store.load_json(artifact_dir / NORMALISATION_FILE),
-        "threshold": float(threshold["threshold"]),
-        "flow_threshold": float(threshold.get("flow_threshold", threshold["threshold"])),
-        "atom_threshold": float(threshold.get("atom_threshold", 0.0)),
-        "weights": load_file(str(artifact_dir / WEIGHTS_FILE)),
+        "threshold": float(thresholds["threshold"]),
+        "flow_threshold": float(thresholds.get("flow_threshold", thresholds["threshold"])),
+        "atom_threshold": float(thresholds.get("atom_threshold", 0.0)),
+        "weights": load_file(str(member_path / WEIGHTS_FILE)),
         "anchors": anchors["anchors"],
         "scale": anchors.get("scale", np.ones(anchors["anchors"].shape[0])),
     }
 
 
-_MODEL_CACHE: dict[int, object] = {}
+def load_artifact(artifact_dir: Path) -> dict:
+    """Everything scoring needs, as plain data (JSON + safetensors; no code is run).
+
+    Member 0's weights, anchors and thresholds at the top level (the single-model
+    artifact), and ``members``: every member's, member 0 first.
+    """
+    artifact_dir = Path(artifact_dir)
+    meta = model_store.load_json(artifact_dir / CONFIG_FILE)
+    threshold = model_store.load_json(artifact_dir / THRESHOLD_FILE)
+    size = int(meta["config"].get("ensemble_size", 1))
+    listed = threshold.get("members") or [threshold]
+    if len(listed) != size:
+        raise ValueError(f"artifact {artifact_dir}: {len(listed)} member thresholds for ensemble_size {size}")
+    members = [_load_member(artifact_dir / member_dir(k), listed[k] if k else threshold) for k in range(size)]
+    return {"config": meta["config"], "in_dim": int(meta["in_dim"]),
+            "stats": model_store.load_json(artifact_dir / NORMALISATION_FILE), **members[0], "members": members}
 
 
-def _model_from(artifact: dict):
-    """Build (once per worker process and artifact) the eval-mode model from plain weights."""
+_MODEL_CACHE: dict[tuple[int, int], object] = {}
+
+
+def _model_from(artifact: dict, member: int = 0):
+    """Build (once per worker process, artifact and member) the eval-mode model from plain weights."""
     import torch
 
     from models.a2gnn_training import build_model
 
-    key = id(artifact["weights"])
+    key = (id(artifact["members"][0]["weights"]), member)
     if key not in _MODEL_CACHE:
+        if len(_MODEL_CACHE) >= 16:
+            _MODEL_CACHE.clear()
         config = A2GNNConfig.from_dict(artifact["config"])
         model = build_model(artifact["in_dim"], config)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in artifact["weights"].items()})
-        _MODEL_CACHE.clear()
+        weights = artifact["members"][member]["weights"]
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         _MODEL_CACHE[key] = model.eval()
     return _MODEL_CACHE[key]
 
@@ -224,7 +238,7 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     """
     import torch
 
-    from models.a2gnn_training import AtomGraph, detector_scores, embed
+    from models.a2gnn_training import AtomGraph, detector_scores, embed, ensemble_scores
 
     torch.set_num_threads(1)
     columns = [f.name for f in schema.FLOW_SCORES]
@@ -241,10 +255,15 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     known = ~np.isnan(dst) if dst.size else np.zeros(0, dtype=bool)
     edges = np.stack([src[known], dst[known].astype(np.int64)]) if known.any() else np.zeros((2, 0), np.int64)
     graph = AtomGraph(features.apply_normalisation(pdf, artifact["stats"]), atom, edges)
-    z = embed(_model_from(artifact), graph, config)
-    scored = detector_scores(z, atom, artifact, config)
-    distance, index, score = scored["distance"], scored["index"], scored["score"]
-    threshold = artifact["threshold"]
+    members = artifact["members"]
+    scored = [detector_scores(embed(_model_from(artifact, k), graph, config), atom, member, config)
+              for k, member in enumerate(members)]
+    distance, index = scored[0]["distance"], scored[0]["index"]  # evidence: member 0's anchor
+    if len(members) == 1:
+        score, threshold = scored[0]["score"], artifact["threshold"]
+    else:
+        score = ensemble_scores([s["score"] for s in scored], [m["threshold"] for m in members])
+        threshold = 1.0
     out = pdf[["flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
                "first_seen_ms", "last_seen_ms", "community_id", "atom_key", "atom_size",
                "atom_density"]].copy()

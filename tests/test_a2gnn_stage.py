@@ -151,3 +151,32 @@ def test_a_flow_unknown_to_the_atoms_table_is_scored_as_its_own_atom_with_null_a
     assert scores["atom_id"].isna().all()
     assert scores["atom_size"].tolist() == [1] * 5
     assert (scores["score"] >= 0).all() and scores["nearest_anchor"].notna().all()
+
+
+def test_an_ensemble_flags_a_flow_when_most_members_put_it_above_their_own_threshold(spark, warehouse,
+                                                                                       tmp_path):
+    from models.a2gnn_training import member_seed
+    from pipeline.a2gnn_stage import load_artifact
+
+    root, attack_ids = warehouse
+    nights = [night(spark, root, d) for d in ("2026-01-01", "2026-01-02")]
+    metrics = train_a2gnn(spark, nights, A2GNNConfig(**{**TINY.to_dict(), "ensemble_size": 3}), tmp_path)
+
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["member1", "member2"]
+    assert [m["seed"] for m in metrics["members"]] == [member_seed(TINY.seed, k) for k in range(3)]
+    artifact = load_artifact(tmp_path)
+    assert len(artifact["members"]) == 3
+    assert not np.array_equal(artifact["members"][0]["anchors"], artifact["members"][1]["anchors"])
+    test = night(spark, root, "2026-01-03")
+    scores = score_a2gnn(spark, test["flows"], test["atoms"], test["edges"], tmp_path, "v").toPandas()
+    assert (scores["threshold"] == 1.0).all()
+    assert (scores["is_anomaly"] == (scores["score"] > 1.0)).all()
+    assert scores.loc[scores["flow_id"].isin(attack_ids), "is_anomaly"].mean() > 0.9
+
+
+def test_the_ensemble_score_is_the_median_of_each_members_score_over_its_threshold():
+    from models.a2gnn_training import ensemble_scores
+
+    scores = [np.array([1.0, 4.0]), np.array([3.0, 1.0]), np.array([10.0, 10.0])]
+    thresholds = [2.0, 2.0, 5.0]   # ratios: [0.5, 2], [1.5, 0.5], [2, 2]
+    np.testing.assert_allclose(ensemble_scores(scores, thresholds), [1.5, 2.0])
