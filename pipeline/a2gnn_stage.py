@@ -36,10 +36,10 @@ import pandas as pd
 # that train or embed: the driver of a scoring run never needs them (~8 s to import).
 from models.a2gnn_config import ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig, member_dir
 from pipeline import features, model_store, schema
+from pipeline.graph import SEMANTIC_RELATIONSHIPS
 
 log = logging.getLogger(__name__)
 
-SEMANTIC_RELATIONSHIPS = ("relay", "similarity")
 FLOW_VERTEX_PREFIX = "flow:"
 SOLO_PREFIX = "solo:"
 FLOWS_PER_BUCKET = 50_000

@@ -11,7 +11,45 @@ Vertices (``pipeline.schema.GRAPH_VERTICES``): ``host:<ip>`` (type ``host``) and
   same host, start within ``similarity_window_s``, both have more than ``min_packets``
   packets, their packet counts differ by at most ``max_packet_count_gap`` and the Pearson
   correlation of their normalised wavelet signatures (``pipeline.signatures``) exceeds
-  ``min_correlation``; weight = the correlation.
+  ``min_correlation``; weight = the correlation;
+* fanin (``fanin_edges``; implemented, **off by default**, see below):
+  ``flow:A -[fanin]- flow:B`` (stored once, A < B) when both go to the same responder
+  *service* (same ``dst_ip``, ``dst_port``,
+  ``protocol``; the responder is the flow's ``dst``), come from *different* initiators
+  (``src_ip``) and start 0 <= dt <= ``fanin_window_s`` apart; weight
+  ``exp(-dt / fanin_decay_s)``.
+
+Why fan-in (added after the dev test night's spoofed SYN flood was missed: 60 one-packet
+flows from 60 sources to one service in a short burst, each a singleton atom). The
+other rules cannot group such a burst: similarity needs more than 8 packets, relay needs
+a flow *leaving* the host, the victim is too busy for the projection's host clique and
+every source is new, so no host pair repeats. Many initiators converging on one service
+at the same moment is the structural signature of floods, distributed scans and
+reflection, so the rule is stated for every service, not for floods: it is purely
+temporal coupling at a shared endpoint, the counterpart of relay (one host, flow in then
+flow out) for arrivals, and it takes relay's time scale (1 s window, 1 s decay) rather
+than a value read off any night. It says nothing about content: a busy resolver or web
+server also receives many flows from different clients within a second, gets fan-in
+atoms on the training nights too, and those become anchors. What separates a flood from
+that benign fan-in is left to the detector's features (a flood atom is tens of
+one-packet, SYN-only, unanswered flows; a resolver's is request/response pairs), which
+the atom-level term compares against the benign anchors. Same-initiator pairs are left
+out: the partition's conversation co-membership already joins them.
+
+Fan-in is the weakest evidence of the three (co-timing at one service only), so it
+never displaces content or causal evidence: when a flow has more than k candidates,
+relay and similarity edges are ranked before every fan-in edge (``SEMANTIC_PRIORITY``),
+and fan-in edges fill the slots left. A flow with no other semantic edge (the flood's
+case) gets up to k fan-in edges; a flow with k similarity edges gets none.
+
+Measured on the dev archive (docs/benchmarks.md, '### Fan-in edges (flood grouping)'):
+it groups the flood (2 pure atoms of 27 and 33 flows) and A2GNN then flags all 60 flood
+flows at seed 42, but it also enlarges benign resolver atoms (a 288-flow atom of the
+resolver's DNS conversations becomes 300 flows, chained across clients by 44 fan-in
+edges) and at A2GNN seeds 1 and 2 the atom term flags that atom and a 76-flow SSDP atom:
+mean F1 over seeds 42 / 1 / 2 fell from 0.672 to 0.646 and benign false alarms rose from
+1.8 % to 8.0 %. So ``fanin_edges`` defaults to False; with it False the graph is exactly
+the relay + similarity graph.
 
 Bounds. The candidate search runs per host over flows sorted by start time and looks at
 most ``max_candidates_per_flow`` positions ahead, so it costs O(incidences x candidates)
@@ -32,8 +70,12 @@ from pipeline import signatures
 
 log = logging.getLogger(__name__)
 
-SEMANTIC_RELATIONSHIPS = ("relay", "similarity")
+SEMANTIC_RELATIONSHIPS = ("relay", "similarity", "fanin")
+"""Every flow--flow edge kind ``build_graph`` can write (``pipeline.partition`` projects
+each of them to a weighted flow--flow edge)."""
 PHYSICAL_RELATIONSHIPS = ("src", "dst")
+SEMANTIC_PRIORITY = {"relay": 0, "similarity": 0, "fanin": 1}
+"""Rank class in the k-strongest selection: lower classes first, then weight."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +91,10 @@ class GraphConfig:
     max_semantic_edges_per_flow: k, the strongest semantic edges each flow keeps.
     max_candidates_per_flow: positions looked ahead per host in start order (search bound).
     host_buckets: hosts are hashed into this many groups, one pandas task each.
+    fanin_edges: add fan-in edges (default False: the graph of relay and similarity only;
+        measured in docs/benchmarks.md, 'Fan-in edges (flood grouping)').
+    fanin_window_s: fan-in flows start at most this far apart (s; relay's time scale).
+    fanin_decay_s: fan-in weight is ``exp(-dt / fanin_decay_s)`` (s).
     """
 
     relay_window_s: float = 1.0
@@ -60,6 +106,9 @@ class GraphConfig:
     max_semantic_edges_per_flow: int = 10
     max_candidates_per_flow: int = 64
     host_buckets: int = 16
+    fanin_edges: bool = False
+    fanin_window_s: float = 1.0
+    fanin_decay_s: float = 1.0
 
 
 def host_vertex(ip: str) -> str:
@@ -153,21 +202,55 @@ def similarity_candidates(
     )
 
 
+def fanin_candidates(incidences: pd.DataFrame, config: GraphConfig) -> pd.DataFrame:
+    """Fan-in edges among ``incidences`` (host, role, peer, dst_port, protocol, flow_id,
+    first_seen_ms): flows *into* one service from different peers within the window.
+
+    Searched per service (host, dst_port, protocol) over flows sorted by start time, at
+    most ``max_candidates_per_flow`` positions ahead. Returns columns ``a`` < ``b``
+    (flow ids) and ``weight`` (``exp(-dt / fanin_decay_s)``).
+    """
+    empty = pd.DataFrame({"a": [], "b": [], "weight": []})
+    frame = incidences[incidences["role"] == "in"]
+    if len(frame) < 2:
+        return empty
+    frame = frame.assign(
+        dst_port=frame["dst_port"].fillna(-1).astype(np.int64),
+        protocol=frame["protocol"].fillna(-1).astype(np.int64),
+    ).sort_values(["host", "dst_port", "protocol", "first_seen_ms", "flow_id"], kind="stable")
+    keys = frame.groupby(["host", "dst_port", "protocol"], sort=False).ngroup().to_numpy(np.int64)
+    times = frame["first_seen_ms"].to_numpy(np.int64)
+    peer = frame["peer"].to_numpy()
+    flow = frame["flow_id"].to_numpy()
+    left, right = _window_pairs(keys, times, config.fanin_window_s * 1000.0, config.max_candidates_per_flow)
+    keep = (peer[left] != peer[right]) & (flow[left] != flow[right])
+    left, right = left[keep], right[keep]
+    dt_s = (times[right] - times[left]) / 1000.0
+    a, b = flow[left], flow[right]
+    return pd.DataFrame(
+        {"a": np.minimum(a, b), "b": np.maximum(a, b), "weight": np.exp(-dt_s / config.fanin_decay_s)}
+    )
+
+
 def semantic_candidates(
     incidences: pd.DataFrame, config: GraphConfig, signature_stats: dict
 ) -> pd.DataFrame:
-    """All relay and similarity candidates of one group of hosts.
+    """All relay, similarity and (when enabled) fan-in candidates of one group of hosts.
 
     ``incidences``: one row per (host, flow) with ``host``, ``role`` (``in`` when the
     host is the flow's responder, ``out`` when its initiator), ``flow_id``,
-    ``first_seen_ms``, ``bidirectional_packets``, ``splt_signed_ps``. Returns columns
+    ``first_seen_ms``, ``bidirectional_packets``, ``splt_signed_ps``; for fan-in also
+    ``peer`` (the flow's other host), ``dst_port``, ``protocol``. Returns columns
     ``a``, ``b``, ``relationship``, ``weight`` (flow ids without the ``flow:`` prefix).
     """
     relay = relay_candidates(incidences, config).assign(relationship="relay")
     similar = similarity_candidates(incidences, config, signature_stats).assign(
         relationship="similarity"
     )
-    out = pd.concat([relay, similar], ignore_index=True)
+    parts = [relay, similar]
+    if config.fanin_edges:
+        parts.append(fanin_candidates(incidences, config).assign(relationship="fanin"))
+    out = pd.concat(parts, ignore_index=True)
     out = out[["a", "b", "relationship", "weight"]].astype(
         {"a": str, "b": str, "relationship": str, "weight": np.float64}
     )
@@ -175,7 +258,9 @@ def semantic_candidates(
 
 
 def mutual_strongest(edges: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Edges among the k strongest of both endpoints (ties: smaller ``a``, ``b``, kind).
+    """Edges among the k strongest of both endpoints: ordered by rank class
+    (``SEMANTIC_PRIORITY``: relay and similarity before fan-in), then weight (ties:
+    smaller ``a``, ``b``, kind).
 
     Applied to one host group's candidates it only removes edges the global selection
     (``_strongest_per_flow``, same order) would remove too: an edge outside an endpoint's
@@ -183,9 +268,11 @@ def mutual_strongest(edges: pd.DataFrame, k: int) -> pd.DataFrame:
     """
     if len(edges) == 0:
         return edges
+    edges = edges.groupby(["a", "b", "relationship"], as_index=False, sort=False)["weight"].max()
     edges = (
-        edges.groupby(["a", "b", "relationship"], as_index=False, sort=False)["weight"].max()
-        .sort_values(["weight", "a", "b", "relationship"], ascending=[False, True, True, True])
+        edges.assign(_class=edges["relationship"].map(SEMANTIC_PRIORITY).fillna(0).astype(np.int64))
+        .sort_values(["_class", "weight", "a", "b", "relationship"], ascending=[True, False, True, True, True])
+        .drop(columns="_class")
         .reset_index(drop=True)
     )
     # an endpoint's rank counts its edges on both sides (as a and as b)
@@ -202,14 +289,19 @@ def mutual_strongest(edges: pd.DataFrame, k: int) -> pd.DataFrame:
 def _incidences(flows_df):
     from pyspark.sql import functions as F
 
-    columns = ["flow_id", "first_seen_ms", "bidirectional_packets", "splt_signed_ps"]
-    outgoing = flows_df.select(F.col("src_ip").alias("host"), F.lit("out").alias("role"), *columns)
-    incoming = flows_df.select(F.col("dst_ip").alias("host"), F.lit("in").alias("role"), *columns)
+    columns = ["flow_id", "first_seen_ms", "bidirectional_packets", "splt_signed_ps", "dst_port", "protocol"]
+    outgoing = flows_df.select(
+        F.col("src_ip").alias("host"), F.lit("out").alias("role"), F.col("dst_ip").alias("peer"), *columns
+    )
+    incoming = flows_df.select(
+        F.col("dst_ip").alias("host"), F.lit("in").alias("role"), F.col("src_ip").alias("peer"), *columns
+    )
     return outgoing.unionByName(incoming).where(F.col("host").isNotNull())
 
 
 def _strongest_per_flow(candidates, k: int):
-    """Keep an edge only when it is among the k strongest of both its endpoints."""
+    """Keep an edge only when it is among the k strongest of both its endpoints (same
+    order as ``mutual_strongest``: rank class, weight, ``a``, ``b``, kind)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -217,8 +309,12 @@ def _strongest_per_flow(candidates, k: int):
     ends = edges.select(F.col("a").alias("flow"), "a", "b", "relationship", "weight").unionByName(
         edges.select(F.col("b").alias("flow"), "a", "b", "relationship", "weight")
     )
+    rank_class = F.lit(0)
+    for kind, value in SEMANTIC_PRIORITY.items():
+        if value:
+            rank_class = F.when(F.col("relationship") == kind, F.lit(value)).otherwise(rank_class)
     rank = Window.partitionBy("flow").orderBy(
-        F.col("weight").desc(), F.col("a"), F.col("b"), F.col("relationship")
+        rank_class, F.col("weight").desc(), F.col("a"), F.col("b"), F.col("relationship")
     )
     kept = ends.withColumn("rank", F.row_number().over(rank)).where(F.col("rank") <= k)
     return (
@@ -241,8 +337,16 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
     from pyspark.sql import types as T
 
     signatures.check_signature_stats(signature_stats)
+    service = []
+    for name, kind in (("dst_port", "int"), ("protocol", "smallint")):
+        if name in flows_df.columns:
+            service.append(F.col(name).cast(kind).alias(name))
+        else:
+            if config.fanin_edges:
+                log.warning("flows have no %s column: fan-in edges key the service without it", name)
+            service.append(F.lit(None).cast(kind).alias(name))
     flows = flows_df.select(
-        "flow_id", "src_ip", "dst_ip", "first_seen_ms", "bidirectional_packets", "splt_signed_ps"
+        "flow_id", "src_ip", "dst_ip", "first_seen_ms", "bidirectional_packets", "splt_signed_ps", *service
     )
     hosts = (
         flows.select(F.col("src_ip").alias("ip"))
@@ -278,6 +382,9 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
             T.StructField("weight", T.DoubleType()),
         ]
     )
+
+    if config.fanin_edges and (config.fanin_window_s < 0 or config.fanin_decay_s <= 0):
+        raise ValueError("fanin_window_s must be >= 0 and fanin_decay_s > 0")
 
     def search(group: pd.DataFrame) -> pd.DataFrame:
         return semantic_candidates(group.drop(columns="bucket"), config, signature_stats)

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline.graph import SEMANTIC_RELATIONSHIPS
+
 log = logging.getLogger(__name__)
 
 QUALITIES = ("modularity", "rb_configuration")
@@ -294,7 +296,7 @@ def flow_graph_parts(edges_df, config: PartitionConfig):
     from pyspark.sql import functions as F
 
     strip = lambda c: F.regexp_replace(F.col(c), "^flow:", "")  # noqa: E731
-    semantic = edges_df.where(F.col("relationship").isin("relay", "similarity")).select(
+    semantic = edges_df.where(F.col("relationship").isin(*SEMANTIC_RELATIONSHIPS)).select(
         F.least(strip("src"), strip("dst")).alias("a"),
         F.greatest(strip("src"), strip("dst")).alias("b"),
         F.col("weight").cast("double").alias("weight"),

@@ -129,7 +129,7 @@ GRAPH_EDGES = pa.schema(
     [
         pa.field("src", pa.string(), nullable=False),
         pa.field("dst", pa.string(), nullable=False),
-        pa.field("relationship", pa.string()),        # src | dst | relay | similarity
+        pa.field("relationship", pa.string()),        # src | dst | relay | similarity | fanin (pipeline.graph)
         pa.field("weight", pa.float64()),
     ]
 )

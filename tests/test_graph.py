@@ -14,8 +14,11 @@ from pipeline.schema import SPLT_LENGTH, spark_schema
 
 FLOW_COLUMNS = (
     "flow_id string, src_ip string, dst_ip string, first_seen_ms long, "
-    "bidirectional_packets long, splt_signed_ps array<int>"
+    "bidirectional_packets long, splt_signed_ps array<int>, dst_port int, protocol int"
 )
+OLD_FLOW_COLUMNS = FLOW_COLUMNS.rsplit(", dst_port", 1)[0]  # before fan-in: no service columns
+RELAY_AND_SIMILARITY = GraphConfig(fanin_edges=False)
+FANIN = GraphConfig(fanin_edges=True)
 RNG = np.random.default_rng(7)
 PATTERN = (RNG.integers(40, 1500, size=SPLT_LENGTH) * RNG.choice([-1, 1], size=SPLT_LENGTH)).tolist()
 
@@ -33,8 +36,9 @@ def stats():
     return signatures.fit_signature_normalisation(train)
 
 
-def _flow(flow_id, src, dst, t_ms, packets=2, splt=None):
-    return (flow_id, src, dst, t_ms, packets, splt if splt is not None else [100, -100][:packets])
+def _flow(flow_id, src, dst, t_ms, packets=2, splt=None, dst_port=443, protocol=6):
+    splt = splt if splt is not None else [100, -100][:packets]
+    return (flow_id, src, dst, t_ms, packets, splt, dst_port, protocol)
 
 
 def _build(spark, rows, stats, config=GraphConfig()):
@@ -74,6 +78,7 @@ def test_relay_joins_a_flow_into_a_host_to_a_flow_out_of_it_within_one_second(sp
 
 
 def test_similarity_needs_same_host_time_packets_and_correlated_signatures(spark, stats):
+    # fan-in off: s1, s4 and s5 also reach one service within 1 s (fan-in tests below)
     other = _random_pattern(999)
     rows = [
         _flow("s1", "10.0.0.1", "10.0.0.5", 0, 20, PATTERN),
@@ -84,12 +89,12 @@ def test_similarity_needs_same_host_time_packets_and_correlated_signatures(spark
         _flow("s6", "10.0.0.7", "10.0.0.5", 3_000, 20, other),       # uncorrelated signature
         _flow("s7", "10.0.0.8", "10.0.0.66", 500, 20, PATTERN),      # another host only
     ]
-    _, edges = _build(spark, rows, stats)
+    _, edges = _build(spark, rows, stats, RELAY_AND_SIMILARITY)
     assert _semantic(edges) == {("flow:s1", "flow:s2", "similarity"): pytest.approx(1.0)}
 
 
 def test_each_flow_keeps_at_most_k_semantic_edges_the_strongest(spark, stats):
-    config = GraphConfig(max_semantic_edges_per_flow=3)
+    config = GraphConfig(fanin_edges=True, max_semantic_edges_per_flow=3)  # all three kinds
     # six similar flows at one host within a few seconds: a 6-clique of candidates
     rows = [_flow(f"f{i}", f"10.0.1.{i}", "10.0.0.5", i * 100, 20, PATTERN) for i in range(6)]
     # one flow into a relay host followed by five flows out of it, closer = stronger
@@ -124,14 +129,144 @@ def test_one_server_with_50000_clients_keeps_edges_within_the_bound(spark, stats
             "first_seen_ms": np.sort(rng.integers(0, 5_000, size=n)),  # all within 5 s
             "bidirectional_packets": 20,
             "splt_signed_ps": [PATTERN] * n,  # worst case: every pair is similar
+            "dst_port": 53,                   # ... and every pair is a fan-in candidate
+            "protocol": 17,
         }
     )
     start = time.monotonic()
     flows = spark.createDataFrame(pdf, FLOW_COLUMNS)
-    vertices, edges = graph.build_graph(flows, GraphConfig(), stats)
+    vertices, edges = graph.build_graph(flows, FANIN, stats)  # every edge kind on
     counts = edges.groupBy("relationship").count().toPandas().set_index("relationship")["count"]
     elapsed = time.monotonic() - start
     assert counts["src"] == n and counts["dst"] == n
     assert counts.sum() <= k * n + 2 * n
     assert counts.get("similarity", 0) > 0
     assert elapsed < 180, f"50k-client hub took {elapsed:.0f} s"
+
+
+# ------------------------------------------------------------------------------ fan-in
+def _components(flow_ids, pairs):
+    parent = {f: f for f in flow_ids}
+
+    def root(f):
+        while parent[f] != f:
+            parent[f] = parent[parent[f]]
+            f = parent[f]
+        return f
+
+    for a, b in pairs:
+        parent[root(a)] = root(b)
+    groups = {}
+    for f in flow_ids:
+        groups.setdefault(root(f), set()).add(f)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def test_a_fan_in_burst_from_many_sources_to_one_service_becomes_connected(spark, stats):
+    # a spoofed SYN flood: 30 one-packet flows from 30 sources to 10.0.0.80:80/tcp, 20 ms apart
+    burst = [_flow(f"d{i:02d}", f"203.0.113.{i}", "10.0.0.80", 10_000 + 20 * i, 1, [60], 80, 6)
+             for i in range(30)]
+    others = [
+        _flow("late", "203.0.113.99", "10.0.0.80", 20_000, 1, [60], 80, 6),  # > 1 s after the burst
+        _flow("port", "203.0.113.98", "10.0.0.80", 10_100, 1, [60], 22, 6),  # another port
+        _flow("udp", "203.0.113.97", "10.0.0.80", 10_100, 1, [60], 80, 17),  # another protocol
+        _flow("host", "203.0.113.96", "10.0.0.81", 10_100, 1, [60], 80, 6),  # another responder
+        _flow("again", "203.0.113.5", "10.0.0.80", 10_110, 1, [60], 80, 6),  # d05's source again
+    ]
+    _, edges = _build(spark, burst + others, stats, FANIN)
+    semantic = _semantic(edges)
+    assert {kind for _, _, kind in semantic} == {"fanin"}
+    pairs = [(a[len("flow:"):], b[len("flow:"):]) for a, b, _ in semantic]
+    ids = [row[0] for row in burst + others]
+    groups = _components(ids, pairs)
+    assert groups[0] == {row[0] for row in burst} | {"again"}
+    assert all(len(g) == 1 for g in groups[1:])
+    assert ("flow:again", "flow:d05", "fanin") not in semantic  # same source: not fan-in
+    per_flow = pd.Series([f for a, b in pairs for f in (a, b)]).value_counts()
+    assert per_flow.max() <= GraphConfig().max_semantic_edges_per_flow
+    # weight exp(-dt / 1 s), stored once with a < b
+    assert semantic[("flow:d00", "flow:d01", "fanin")] == pytest.approx(math.exp(-0.02))
+    assert all(a < b for a, b, _ in semantic)
+
+
+def test_fan_in_needs_the_flows_to_start_within_the_window(spark, stats):
+    rows = [_flow("a", "10.0.5.1", "10.0.0.53", 0, dst_port=53, protocol=17),
+            _flow("b", "10.0.5.2", "10.0.0.53", 1_000, dst_port=53, protocol=17),   # dt = 1 s: in
+            _flow("c", "10.0.5.3", "10.0.0.53", 2_001, dst_port=53, protocol=17)]   # 1.001 s after b
+    _, edges = _build(spark, rows, stats, FANIN)
+    assert _semantic(edges) == {("flow:a", "flow:b", "fanin"): pytest.approx(math.exp(-1.0))}
+    _, edges = _build(spark, rows, stats, GraphConfig(fanin_edges=True, fanin_window_s=2.0))
+    assert set(_semantic(edges)) == {("flow:a", "flow:b", "fanin"), ("flow:b", "flow:c", "fanin")}
+
+
+def test_a_busy_benign_server_keeps_at_most_k_fan_in_edges_per_flow(spark, stats):
+    n, k = 3_000, GraphConfig().max_semantic_edges_per_flow
+    rng = np.random.default_rng(5)
+    rows = [_flow(f"q{i:05d}", f"10.1.{i // 250}.{i % 250}", "10.0.0.53", int(t), 2, [70, -120], 53, 17)
+            for i, t in enumerate(np.sort(rng.integers(0, 1_000, size=n)))]  # 3,000 clients in 1 s
+    _, edges = _build(spark, rows, stats, FANIN)
+    semantic = edges[edges["relationship"].isin(graph.SEMANTIC_RELATIONSHIPS)]
+    per_flow = pd.concat([semantic["src"], semantic["dst"]]).value_counts()
+    assert set(semantic["relationship"]) == {"fanin"}
+    assert per_flow.max() <= k
+    assert len(semantic) <= k * n / 2
+    assert len(semantic) >= n  # the burst is grouped, not dropped
+
+
+def test_fan_in_never_displaces_relay_or_similarity_edges():
+    k = 2
+    candidates = pd.DataFrame(
+        {
+            "a": ["x", "x", "x", "x", "y"],
+            "b": ["s1", "s2", "f1", "f2", "f3"],
+            "relationship": ["similarity", "relay", "fanin", "fanin", "fanin"],
+            "weight": [0.96, 0.40, 0.999, 0.998, 0.5],
+        }
+    )
+    kept = graph.mutual_strongest(candidates, k)
+    # x keeps its two weaker relay/similarity edges before two near-simultaneous fan-ins;
+    # y, with no other evidence, keeps its fan-in edge
+    assert sorted(zip(kept["a"], kept["b"], kept["relationship"])) == [
+        ("x", "s1", "similarity"), ("x", "s2", "relay"), ("y", "f3", "fanin"),
+    ]
+
+
+def test_fan_in_priority_is_the_same_in_the_spark_selection(spark, stats):
+    config = GraphConfig(fanin_edges=True, max_semantic_edges_per_flow=2)
+    # h = 10.0.0.7: "in" arrives, then two relays out of it; just before it, four other
+    # sources hit the same service (fan-in candidates of "in", stronger than its relays)
+    rows = [_flow("in", "10.0.2.1", "10.0.0.7", 1_000, dst_port=8080)]
+    rows += [_flow(f"out{j}", "10.0.0.7", f"10.0.3.{j}", 1_000 + 300 * j) for j in (1, 2)]
+    rows += [_flow(f"fan{j}", f"10.0.4.{j}", "10.0.0.7", 1_000 - j, dst_port=8080) for j in range(1, 5)]
+    _, edges = _build(spark, rows, stats, config)
+    mine = {key for key in _semantic(edges) if "flow:in" in key[:2]}
+    assert mine == {("flow:in", "flow:out1", "relay"), ("flow:in", "flow:out2", "relay")}
+
+
+def test_disabled_fan_in_gives_the_relay_and_similarity_graph(spark, stats):
+    rows = [_flow(f"d{i:02d}", f"203.0.113.{i}", "10.0.0.80", 10_000 + 20 * i, 1, [60], 80, 6) for i in range(10)]
+    rows += [
+        _flow("a", "10.0.0.1", "10.0.0.9", 1_000),
+        _flow("b", "10.0.0.9", "8.8.8.8", 1_500),
+        _flow("s1", "10.0.0.1", "10.0.0.5", 0, 20, PATTERN),
+        _flow("s2", "10.0.0.2", "10.0.0.5", 9_000, 25, PATTERN),
+    ]
+    vertices, edges = _build(spark, rows, stats, RELAY_AND_SIMILARITY)
+    assert _semantic(edges) == {
+        ("flow:a", "flow:b", "relay"): pytest.approx(math.exp(-0.5)),
+        ("flow:s1", "flow:s2", "similarity"): pytest.approx(1.0),
+    }
+    # ... and still accepts the flow columns it read before fan-in existed
+    old = spark.createDataFrame([row[:6] for row in rows], OLD_FLOW_COLUMNS)
+    old_vertices, old_edges = graph.build_graph(old, RELAY_AND_SIMILARITY, stats)
+    assert sorted(map(tuple, old_edges.toPandas().to_numpy())) == sorted(map(tuple, edges.to_numpy()))
+    assert sorted(map(tuple, old_vertices.toPandas().to_numpy())) == sorted(map(tuple, vertices.to_numpy()))
+
+
+def test_the_partition_projects_every_semantic_relationship(spark):
+    from pipeline.partition import PartitionConfig, flow_graph_parts
+
+    rows = [(f"flow:{i}a", f"flow:{i}b", kind, 0.5) for i, kind in enumerate(graph.SEMANTIC_RELATIONSHIPS)]
+    edges = spark.createDataFrame(rows, "src string, dst string, relationship string, weight double")
+    semantic, _ = flow_graph_parts(edges, PartitionConfig())
+    assert sorted(semantic.toPandas()["a"]) == [f"{i}a" for i in range(len(graph.SEMANTIC_RELATIONSHIPS))]
