@@ -22,11 +22,15 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg setup.py
+# --compile-bytecode: uv does not write .pyc files by default, and where
+# PYTHONDONTWRITEBYTECODE is set (as on our CI machines) nothing ever does, so every
+# process (luigi, each Spark Python worker) compiled torch, PyG, pandas... from source:
+# 'import pipeline.rearview_stage' took 9.1 s instead of 3.7 s.
+$(STAMP): setup.cfg setup.py Makefile
 	@command -v java >/dev/null || { echo "Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	$(VENV)/bin/uv pip install --python $(PY) -e '.[test,bench]'
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e '.[test,bench]'
 	touch $(STAMP)
 
 run: install
