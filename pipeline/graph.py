@@ -286,17 +286,22 @@ def mutual_strongest(edges: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- Spark side
-def _incidences(flows_df):
+def _incidences(flows_df, with_service: bool):
+    """One row per (host, flow); ``with_service`` adds what fan-in needs (``peer``,
+    ``dst_port``, ``protocol``), left out otherwise so the host shuffle carries no more
+    than relay and similarity use."""
     from pyspark.sql import functions as F
 
-    columns = ["flow_id", "first_seen_ms", "bidirectional_packets", "splt_signed_ps", "dst_port", "protocol"]
-    outgoing = flows_df.select(
-        F.col("src_ip").alias("host"), F.lit("out").alias("role"), F.col("dst_ip").alias("peer"), *columns
-    )
-    incoming = flows_df.select(
-        F.col("dst_ip").alias("host"), F.lit("in").alias("role"), F.col("src_ip").alias("peer"), *columns
-    )
-    return outgoing.unionByName(incoming).where(F.col("host").isNotNull())
+    columns = ["flow_id", "first_seen_ms", "bidirectional_packets", "splt_signed_ps"]
+    if with_service:
+        columns += ["dst_port", "protocol"]
+    outgoing = [F.col("src_ip").alias("host"), F.lit("out").alias("role")]
+    incoming = [F.col("dst_ip").alias("host"), F.lit("in").alias("role")]
+    if with_service:
+        outgoing.append(F.col("dst_ip").alias("peer"))
+        incoming.append(F.col("src_ip").alias("peer"))
+    return flows_df.select(*outgoing, *columns).unionByName(
+        flows_df.select(*incoming, *columns)).where(F.col("host").isNotNull())
 
 
 def _strongest_per_flow(candidates, k: int):
@@ -337,13 +342,14 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
     from pyspark.sql import types as T
 
     signatures.check_signature_stats(signature_stats)
+    if config.fanin_edges and (config.fanin_window_s < 0 or config.fanin_decay_s <= 0):
+        raise ValueError("fanin_window_s must be >= 0 and fanin_decay_s > 0")
     service = []
-    for name, kind in (("dst_port", "int"), ("protocol", "smallint")):
+    for name, kind in (("dst_port", "int"), ("protocol", "smallint")) if config.fanin_edges else ():
         if name in flows_df.columns:
             service.append(F.col(name).cast(kind).alias(name))
         else:
-            if config.fanin_edges:
-                log.warning("flows have no %s column: fan-in edges key the service without it", name)
+            log.warning("flows have no %s column: fan-in edges key the service without it", name)
             service.append(F.lit(None).cast(kind).alias(name))
     flows = flows_df.select(
         "flow_id", "src_ip", "dst_ip", "first_seen_ms", "bidirectional_packets", "splt_signed_ps", *service
@@ -383,14 +389,11 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
         ]
     )
 
-    if config.fanin_edges and (config.fanin_window_s < 0 or config.fanin_decay_s <= 0):
-        raise ValueError("fanin_window_s must be >= 0 and fanin_decay_s > 0")
-
     def search(group: pd.DataFrame) -> pd.DataFrame:
         return semantic_candidates(group.drop(columns="bucket"), config, signature_stats)
 
     candidates = (
-        _incidences(flows)
+        _incidences(flows, config.fanin_edges)
         .withColumn("bucket", F.pmod(F.xxhash64("host"), F.lit(config.host_buckets)))
         .groupBy("bucket")
         .applyInPandas(search, schema=candidate_schema)
