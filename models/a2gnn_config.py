@@ -1,8 +1,8 @@
 """A2GNN's hyper-parameters as a plain dataclass (no torch import).
 
 Kept apart from ``models.a2gnn_training`` so that reading configuration (Luigi's task
-parameters, model versions) does not import torch and PyTorch Geometric, which take
-~8 s on this machine: every ``luigi --module jobs`` start paid it, even for a night that
+parameters, model versions) does not import torch and PyTorch Geometric, which took
+~8 s on this machine before bytecode was compiled (3.7 s after): every ``luigi --module jobs`` start paid it, even for a night that
 was already complete.
 """
 from __future__ import annotations

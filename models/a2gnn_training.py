@@ -358,6 +358,8 @@ def check_detector_config(config: A2GNNConfig) -> None:
             raise ValueError(f"A2GNNConfig.{field}={getattr(config, field)!r} is not one of {allowed}")
     if not 0.0 <= config.holdout_fraction < 1.0:
         raise ValueError(f"A2GNNConfig.holdout_fraction must lie in [0, 1), got {config.holdout_fraction}")
+    if config.ensemble_size < 1:
+        raise ValueError(f"A2GNNConfig.ensemble_size must be >= 1, got {config.ensemble_size}")
 
 
 def anchor_radii(embeddings: np.ndarray, atom: np.ndarray, anchors: np.ndarray) -> np.ndarray:

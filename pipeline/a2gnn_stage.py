@@ -206,7 +206,7 @@ def load_artifact(artifact_dir: Path) -> dict:
     listed = threshold.get("members") or [threshold]
     if len(listed) != size:
         raise ValueError(f"artifact {artifact_dir}: {len(listed)} member thresholds for ensemble_size {size}")
-    members = [_load_member(artifact_dir / member_dir(k), listed[k] if k else threshold) for k in range(size)]
+    members = [_load_member(artifact_dir / member_dir(k), listed[k]) for k in range(size)]
     return {"config": meta["config"], "in_dim": int(meta["in_dim"]),
             "stats": model_store.load_json(artifact_dir / NORMALISATION_FILE), **members[0], "members": members}
 

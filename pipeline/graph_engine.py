@@ -12,7 +12,7 @@
   ``scipy.sparse.csgraph.connected_components`` (linear time). For a graph of a few
   million edges this takes about a second, where every distributed round above is a
   few Spark jobs (the dataframe engine took 13 s for 7 rounds on a 1 GB night's
-  1.8M-edge flow graph on 2 cores, docs/benchmarks.md); the driver needs ~200 bytes
+  362k-edge compact flow graph on 2 cores, docs/benchmarks.md); the driver needs ~200 bytes
   per edge.
 * ``auto``: ``driver`` when the graph has at most ``driver_max_edges`` edges, else
   ``graphframes`` when its JVM class loads, else ``dataframes``; logs which.

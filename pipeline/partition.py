@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.graph import SEMANTIC_RELATIONSHIPS
+from pipeline.graph_engine import DRIVER_MAX_EDGES
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class PartitionConfig:
     max_projection_pair_flows: int = 128
     engine: str = "auto"
     leiden_buckets: int = 8
-    driver_components_max_edges: int = field(default=2_000_000, metadata={"execution_only": True})
+    driver_components_max_edges: int = field(default=DRIVER_MAX_EDGES, metadata={"execution_only": True})
 
     def __post_init__(self) -> None:
         if self.quality not in QUALITIES:
