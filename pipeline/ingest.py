@@ -2,17 +2,20 @@
 
 Spark distributes the files (a DataFrame of paths, one file per task, ``mapInArrow``);
 each file is read streaming (``pipeline.capture.reader``) and assembled into mergeable
-partial flows (``pipeline.flows``), which the task finalises itself, except those that
-may straddle a file boundary (left open at a file's end, or starting within the idle
-timeout of a file's first packet): those travel to the driver as Arrow IPC blobs and are
-merged per key there, so rotated files of one night give the same flows as one file;
-they are few (bounded by the flows open at rotation times), the rest stay distributed
-and are written from the tasks' output in one pass. Bad files never fail the night: their
-problems go to ``ingest_errors`` and a copy of the file to
-``<warehouse>/quarantine/date=D/``; the archive is only ever read.
+partial flows (``pipeline.flows``), which the task finalises and writes itself, as Parquet
+files in the flows partition's staging directory, except those that may straddle a file
+boundary (left open at a file's end, or starting within the idle timeout of a file's first
+packet): those travel to the driver as Arrow IPC blobs and are merged per key there, so
+rotated files of one night give the same flows as one file; they are few (bounded by the
+flows open at rotation times). Only those blobs and each file's accounting pass through
+Spark; the partition is swapped in once the driver has written the merged flows. The
+warehouse must therefore be a path every executor can write (as for Spark's own writes).
+Bad files never fail the night: their problems go to ``ingest_errors`` and a copy of the
+file to ``<warehouse>/quarantine/date=D/``; the archive is only ever read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -22,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline import warehouse as store
@@ -144,10 +148,10 @@ def process_file(path: str | Path, capture_file: str, config: FlowConfig = FlowC
 # ------------------------------------------------------------------ Spark plumbing
 _META = "meta"
 _BOUNDARY = "boundary_flows"
-TASK_SCHEMA = pa.schema([f.with_nullable(True) for f in schema.FLOWS] + [pa.field(_META, pa.string()), pa.field(_BOUNDARY, pa.binary())])
-"""What a file task emits: its final flows, rows whose ``boundary_flows`` holds an Arrow IPC
-stream of partial flows that may continue in another file, and one row whose ``meta``
-holds the file's stats and errors."""
+SIDE_SCHEMA = pa.schema([pa.field(_META, pa.string()), pa.field(_BOUNDARY, pa.binary())])
+"""What a file task returns to the driver (its final flows it writes itself): rows whose
+``boundary_flows`` holds an Arrow IPC stream of partial flows that may continue in another
+file, and one row whose ``meta`` holds the file's stats, errors and flows written."""
 BOUNDARY_CHUNK_FLOWS = 20_000
 
 
@@ -166,41 +170,50 @@ def boundary_mask(partial: pa.Table, first_packet_us: int, config: FlowConfig) -
 
 
 def _side_rows(meta: str | None = None, boundary: pa.Table | None = None) -> pa.RecordBatch:
-    row = {f.name: [None] for f in schema.FLOWS}
-    row[_META] = [meta]
-    row[_BOUNDARY] = [None]
+    blob = None
     if boundary is not None:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, PARTIAL_SCHEMA) as writer:
             writer.write_table(boundary)
-        row[_BOUNDARY] = [sink.getvalue().to_pybytes()]
-    return pa.RecordBatch.from_pydict(row, schema=TASK_SCHEMA)
+        blob = sink.getvalue().to_pybytes()
+    return pa.RecordBatch.from_pydict({_META: [meta], _BOUNDARY: [blob]}, schema=SIDE_SCHEMA)
 
 
-def _final_rows(partial: pa.Table) -> Iterator[pa.RecordBatch]:
+def _final_batches(partial: pa.Table) -> Iterator[pa.RecordBatch]:
+    """Finalised flows of ``partial`` as ``schema.FLOWS`` batches."""
     if partial.num_rows:
-        flows = finalize(partial)
-        flows = flows.append_column(_META, pa.nulls(flows.num_rows, pa.string()))
-        flows = flows.append_column(_BOUNDARY, pa.nulls(flows.num_rows, pa.binary()))
-        yield from flows.cast(TASK_SCHEMA).to_batches(max_chunksize=50_000)
+        yield from schema.conform("flows", finalize(partial)).to_batches(max_chunksize=50_000)
 
 
-def _file_task(config: FlowConfig):
-    """``mapInArrow`` body: each file's flows are finalised in the task, except the few that
-    may continue in another file (:func:`boundary_mask`), which go to the driver whole."""
+def file_part_stem(capture_file: str) -> str:
+    """The flows files of one capture file: ``part-<16 hex of its name's SHA-1>``
+    (deterministic, so a retried task replaces its own files and nobody else's)."""
+    return "part-" + hashlib.sha1(capture_file.encode()).hexdigest()[:16]
+
+
+def _file_task(config: FlowConfig, staging: str):
+    """``mapInArrow`` body: each file's flows are finalised and written to ``staging`` by the
+    task, except the few that may continue in another file (:func:`boundary_mask`), which
+    go to the driver whole, with the file's accounting (``SIDE_SCHEMA`` rows)."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for path, rel in zip(batch.column("path").to_pylist(),
                                  batch.column("capture_file").to_pylist()):
                 scan = FileScan(path, rel, config)
                 boundary: list[pa.Table] = []
-                try:
+
+                def final_flows() -> Iterator[pa.RecordBatch]:
                     for partial in scan.flows():
                         if not partial.num_rows:
                             continue
                         edge = boundary_mask(partial, scan.first_packet_us, config)
                         boundary.append(partial.filter(pa.array(edge)))
-                        yield from _final_rows(partial.filter(pa.array(~edge)))
+                        yield from _final_batches(partial.filter(pa.array(~edge)))
+
+                written: list[int] = []
+                try:
+                    store.write_parquet_parts(final_flows(), staging, file_part_stem(rel),
+                                              schema.FLOWS, counts=written)
                     stats, errors = scan.stats, scan.errors
                 except Exception as exc:  # a bug must not lose the night: report it
                     log.exception("failed on %s", path)
@@ -211,7 +224,8 @@ def _file_task(config: FlowConfig):
                 edges = pa.concat_tables(boundary) if boundary else PARTIAL_SCHEMA.empty_table()
                 for start in range(0, edges.num_rows, BOUNDARY_CHUNK_FLOWS):
                     yield _side_rows(boundary=edges.slice(start, BOUNDARY_CHUNK_FLOWS))
-                yield _side_rows(meta=json.dumps({"stats": stats, "errors": errors}))
+                yield _side_rows(meta=json.dumps(
+                    {"stats": stats, "errors": errors, "flows_written": sum(written)}))
     return run
 
 
@@ -272,8 +286,6 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
     Returns a summary: ``files``, ``files_bad``, ``packets_read``, ``packets_in_flows``,
     ``packets_skipped``, ``skipped`` (by reason), ``flows``, ``errors``.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     archive = Path(archive)
@@ -289,29 +301,24 @@ def extract_night(spark, archive: Path, date: str, warehouse: Path,
     paths = spark.createDataFrame(
         [(str(f.resolve()), n) for f, n in zip(files, names)], "path string, capture_file string"
     ).repartition(len(files))
-    emitted = paths.mapInArrow(_file_task(config), from_arrow_schema(TASK_SCHEMA)).persist(
-        StorageLevel.MEMORY_AND_DISK)
-    try:
-        side = emitted.where(F.col(_META).isNotNull() | F.col(_BOUNDARY).isNotNull()).select(
-            _META, _BOUNDARY).toArrow()
+    with store.staged_partition(warehouse, "flows", date=date) as staging:
+        side = paths.mapInArrow(_file_task(config, str(staging.resolve())),
+                                from_arrow_schema(SIDE_SCHEMA)).toArrow()
         metas = [json.loads(m) for m in side.column(_META).to_pylist() if m is not None]
         stats = sorted((m["stats"] for m in metas), key=lambda s: s["capture_file"])
         errors = [e for m in metas for e in m["errors"]]
+        per_file = {m["stats"]["capture_file"]: int(m["flows_written"]) for m in metas}
         blobs = [b for b in side.column(_BOUNDARY).to_pylist() if b is not None]
         edge = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blobs]) if blobs \
             else PARTIAL_SCHEMA.empty_table()
-        inner = emitted.where(F.col(_META).isNull() & F.col(_BOUNDARY).isNull()).drop(_META, _BOUNDARY)
         edge = expire_at_night_end(merge_partial_table(edge, config), _night_last_us(stats), config)
         log.info("extract %s: %d boundary flows merged on the driver", date, edge.num_rows)
-        flows = inner
-        if edge.num_rows:
-            flows = inner.unionByName(spark.createDataFrame(
-                finalize(edge), schema=schema.spark_schema("flows")))
-        flows_path = store.write_spark_partition(flows, warehouse, "flows", date=date)
-    finally:
-        emitted.unpersist()
-    counts = spark.read.parquet(str(flows_path)).groupBy("capture_file").count().collect()
-    per_file = {r["capture_file"]: int(r["count"]) for r in counts}
+        merged = schema.conform("flows", finalize(edge)) if edge.num_rows else schema.empty_table("flows")
+        for name in merged.column("capture_file").to_pylist():
+            per_file[name] = per_file.get(name, 0) + 1
+        if merged.num_rows or not sum(per_file.values()):  # an empty night still has a schema
+            pq.write_table(merged, staging / "part-boundary-00000.parquet", compression="zstd")
+    flows_path = store.partition_path(warehouse, "flows", date=date)
     for s in stats:
         s["flows"] = per_file.get(s["capture_file"], 0)
     _finish_night(archive, date, warehouse, files, stats, errors)

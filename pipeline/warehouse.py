@@ -9,10 +9,12 @@ last, is what marks a partition complete.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,6 +65,62 @@ def _swap_in(staging: Path, final: Path) -> None:
     os.rename(staging, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_partition(warehouse: str | os.PathLike, table: str, **partition: str) -> Iterator[Path]:
+    """A staging directory for one partition that several writers fill (Spark tasks writing
+    their own files, then the driver); swapped in atomically when the block ends, removed
+    when it raises. Yields the staging directory; writers must name their files uniquely.
+    """
+    final = partition_path(warehouse, table, **partition)
+    staging = _staging_dir(final)
+    try:
+        yield staging
+        _swap_in(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_parquet_parts(batches: Iterable[pa.RecordBatch], directory: str | os.PathLike, stem: str,
+                        arrow_schema: pa.Schema, rows_per_file: int = 1_000_000,
+                        counts: list[int] | None = None) -> list[int]:
+    """Stream ``batches`` into ``<directory>/<stem>-NNNNN.parquet`` files of at most
+    ``rows_per_file`` rows (zstd); returns ``counts``, the rows of each file, which is
+    filled as the files are written (pass a list to see them when ``batches`` raises).
+
+    Each file is written under a hidden temporary name (Spark and Arrow readers skip names
+    starting with ``.``) and renamed when closed, so a process that dies leaves no readable
+    half file, and a retried writer of the same ``stem`` replaces its predecessor's files.
+    When ``batches`` raises, what was written is kept (closed and renamed), then it re-raises.
+    """
+    directory = Path(directory)
+    counts = [] if counts is None else counts
+    writer, temporary = None, None
+
+    def close() -> None:
+        writer.close()
+        os.replace(temporary, directory / f"{stem}-{len(counts) - 1:05d}.parquet")
+
+    try:
+        for batch in batches:
+            start = 0
+            while start < batch.num_rows:
+                if writer is None or counts[-1] >= rows_per_file:
+                    if writer is not None:
+                        close()
+                    temporary = directory / f".{stem}-{len(counts):05d}-{uuid.uuid4().hex[:8]}.tmp"
+                    writer = pq.ParquetWriter(temporary, arrow_schema, compression="zstd")
+                    counts.append(0)
+                take = min(batch.num_rows - start, rows_per_file - counts[-1])
+                writer.write_batch(batch.slice(start, take))
+                counts[-1] += take
+                start += take
+    finally:
+        if writer is not None:
+            close()
+    return counts
 
 
 def write_arrow_partition(

@@ -1,4 +1,5 @@
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import warehouse
@@ -64,3 +65,48 @@ def test_a_second_model_version_never_overwrites_the_first(spark, tmp_path):
     arrow = warehouse.read_arrow_partition(tmp_path, "flow_scores", date="2026-01-03")
     assert sorted(zip(arrow["model"].to_pylist(), arrow["model_version"].to_pylist())) == [
         ("a2gnn", "v1"), ("a2gnn", "v1"), ("a2gnn", "v2")]
+
+
+def _numbers(n: int, start: int = 0) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"x": list(range(start, start + n))})
+
+
+def test_parquet_parts_roll_over_at_the_row_limit_and_read_back_in_order(tmp_path):
+    batches = [_numbers(7), _numbers(5, start=7)]
+    counts = warehouse.write_parquet_parts(batches, tmp_path, "part-a", batches[0].schema, rows_per_file=5)
+    assert counts == [5, 5, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "part-a-00000.parquet", "part-a-00001.parquet", "part-a-00002.parquet"]
+    assert pq.read_table(tmp_path).column("x").to_pylist() == list(range(12))
+
+
+def test_parquet_parts_keep_what_was_written_when_the_source_fails(tmp_path):
+    def failing():
+        yield _numbers(3)
+        raise RuntimeError("capture went bad")
+
+    counts: list[int] = []
+    with pytest.raises(RuntimeError, match="capture went bad"):
+        warehouse.write_parquet_parts(failing(), tmp_path, "part-b", _numbers(1).schema, counts=counts)
+    assert counts == [3]
+    assert [p.name for p in tmp_path.iterdir()] == ["part-b-00000.parquet"]  # no temporary left
+    assert pq.read_table(tmp_path / "part-b-00000.parquet").num_rows == 3
+
+
+def test_a_retried_writer_replaces_its_own_parts(tmp_path):
+    schema_ = _numbers(1).schema
+    warehouse.write_parquet_parts([_numbers(4)], tmp_path, "part-c", schema_)
+    warehouse.write_parquet_parts([_numbers(4, start=10)], tmp_path, "part-c", schema_)
+    assert pq.read_table(tmp_path).column("x").to_pylist() == [10, 11, 12, 13]
+
+
+def test_staged_partition_appears_whole_or_not_at_all(tmp_path):
+    with pytest.raises(RuntimeError):
+        with warehouse.staged_partition(tmp_path, "flows", date="2026-01-01") as staging:
+            warehouse.write_parquet_parts([_numbers(2)], staging, "part-d", _numbers(1).schema)
+            raise RuntimeError("driver failed before the boundary flows")
+    assert not (tmp_path / "flows").exists() or not any((tmp_path / "flows").iterdir())
+    with warehouse.staged_partition(tmp_path, "flows", date="2026-01-01") as staging:
+        warehouse.write_parquet_parts([_numbers(2)], staging, "part-d", _numbers(1).schema)
+    final = warehouse.partition_path(tmp_path, "flows", date="2026-01-01")
+    assert warehouse.is_complete(final) and pq.read_table(final / "part-d-00000.parquet").num_rows == 2
