@@ -77,7 +77,10 @@ class PartitionConfig:
     max_projection_pair_flows: host pairs with more flows add no conversation edges.
     engine: connected-components engine (``auto`` | ``graphframes`` | ``dataframes`` |
         ``driver``; ``pipeline.graph_engine``).
-    leiden_buckets: components are hashed into this many pandas tasks.
+    leiden_buckets: components are hashed into at least this many pandas tasks.
+    flows_per_leiden_task: and into at least ``ceil(flows / flows_per_leiden_task)``, so a
+        task's memory is bounded as the night grows. Execution only, like the next field
+        (a component's atoms do not depend on which components share its task).
     driver_components_max_edges: with ``engine="auto"``, a flow graph with at most this
         many compact edges (semantic edges + group memberships) gets its components on the
         driver. Execution only: not part of the model version (same components either way).
@@ -94,6 +97,7 @@ class PartitionConfig:
     max_projection_pair_flows: int = 128
     engine: str = "auto"
     leiden_buckets: int = 8
+    flows_per_leiden_task: int = field(default=25_000, metadata={"execution_only": True})
     driver_components_max_edges: int = field(default=DRIVER_MAX_EDGES, metadata={"execution_only": True})
 
     def __post_init__(self) -> None:
@@ -294,6 +298,7 @@ def flow_graph_parts(edges_df, config: PartitionConfig):
     The group cliques are implied: ``members`` has ``d`` rows where the projection has
     ``d (d - 1) / 2`` edges, so components and shuffles work on the small form.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     strip = lambda c: F.regexp_replace(F.col(c), "^flow:", "")  # noqa: E731
@@ -305,28 +310,23 @@ def flow_graph_parts(edges_df, config: PartitionConfig):
     incidences = edges_df.where(F.col("relationship").isin("src", "dst")).select(
         F.when(F.col("relationship") == "src", F.col("src")).otherwise(F.col("dst")).alias("host"),
         F.when(F.col("relationship") == "src", strip("dst")).otherwise(strip("src")).alias("flow"),
-    ).distinct()
-    hosts = incidences.select(F.concat(F.lit("host|"), "host").alias("key"), "flow")
-    ends = incidences.groupBy("flow").agg(
-        F.min("host").alias("h1"), F.max("host").alias("h2"), F.count("*").alias("n_hosts")
-    ).where(F.col("n_hosts") == 2)
-    pairs = ends.select(F.concat_ws("|", F.lit("pair"), "h1", "h2").alias("key"), "flow")
-    members = _eligible_groups(hosts, config.max_projection_host_degree).unionByName(
-        _eligible_groups(pairs, config.max_projection_pair_flows)
     )
-    return semantic, members
-
-
-def _eligible_groups(memberships, max_size: int):
-    """Rows ``[key, flow, weight]`` of groups with ``2 <= d <= max_size`` flows."""
-    from pyspark.sql import functions as F
-
-    size = memberships.groupBy("key").agg(F.count("*").alias("d")).where(
-        (F.col("d") >= 2) & (F.col("d") <= max_size)
-    )
-    return memberships.join(size, "key").select(
+    # one shuffle by flow gives each flow its groups: a quiet host per end, and the pair
+    # when it has two distinct ends; one more, by group, counts the group's flows
+    hosts = incidences.groupBy("flow").agg(F.array_sort(F.collect_set("host")).alias("hosts"))
+    host_keys = F.transform("hosts", lambda h: F.concat(F.lit("host|"), h))
+    pair_key = F.when(
+        F.size("hosts") == 2,
+        F.array(F.concat_ws("|", F.lit("pair"), F.col("hosts")[0], F.col("hosts")[1])),
+    ).otherwise(F.array().cast("array<string>"))
+    memberships = hosts.select(F.explode(F.concat(host_keys, pair_key)).alias("key"), "flow")
+    size = F.count("*").over(Window.partitionBy("key"))
+    limit = F.when(F.col("key").startswith("host|"), F.lit(config.max_projection_host_degree)) \
+        .otherwise(F.lit(config.max_projection_pair_flows))
+    members = memberships.withColumn("d", size).where((F.col("d") >= 2) & (F.col("d") <= limit)).select(
         "key", "flow", (F.lit(1.0) / (F.col("d") - 1)).alias("weight")
     )
+    return semantic, members
 
 
 def project_flow_graph(edges_df, config: PartitionConfig):
@@ -356,7 +356,7 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     Steps: the compact flow graph (``flow_graph_parts``); weakly connected components of
     flows joined by semantic edges and group memberships (a star per group has the same
     components as its clique, with ``d`` edges instead of ``d (d - 1) / 2``); components
-    hashed into ``leiden_buckets`` ``applyInPandas`` tasks, each of which expands its
+    hashed into ``leiden_buckets`` (or more, see ``flows_per_leiden_task``) ``applyInPandas`` tasks, each of which expands its
     components' cliques in numpy and runs ``atoms_of_components``.
     """
     from pyspark.sql import functions as F
@@ -389,10 +389,11 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     component_of = flow_labels.join(names, "component").select(
         "flow", F.col("name").alias("component")
     ).localCheckpoint(eager=True)
-    sizes = component_of.groupBy("component").count().agg(F.max("count"), F.count("*")).first()
+    sizes = component_of.groupBy("component").count().agg(F.max("count"), F.count("*"), F.sum("count")).first()
+    buckets = max(config.leiden_buckets, -(-int(sizes[2] or 0) // max(1, config.flows_per_leiden_task)))
     log.info(
-        "flow graph: %d components, largest %s flows, total weight %.1f",
-        sizes[1], sizes[0], total_weight,
+        "flow graph: %d components, largest %s flows, total weight %.1f; %d Leiden tasks",
+        sizes[1], sizes[0], total_weight, buckets,
     )
 
     node_rows = component_of.select(
@@ -431,7 +432,7 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     return (
         node_rows.unionByName(edge_rows)
         .unionByName(member_rows)
-        .withColumn("bucket", F.pmod(F.xxhash64("component"), F.lit(config.leiden_buckets)))
+        .withColumn("bucket", F.pmod(F.xxhash64("component"), F.lit(buckets)))
         .groupBy("bucket")
         .applyInPandas(lambda rows: partition_bucket(rows.drop(columns="bucket")), schema=out_schema)
     )
