@@ -61,7 +61,7 @@ most k semantic edges and ``edges <= 2 x flows + k x flows / 2``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -90,7 +90,10 @@ class GraphConfig:
     min_correlation: similarity needs Pearson correlation strictly above this.
     max_semantic_edges_per_flow: k, the strongest semantic edges each flow keeps.
     max_candidates_per_flow: positions looked ahead per host in start order (search bound).
-    host_buckets: hosts are hashed into this many groups, one pandas task each.
+    host_buckets: hosts are hashed into at least this many groups, one pandas task each,
+    incidences_per_task: and into at least ``ceil(2 flows / incidences_per_task)``, so a
+        task's memory is bounded as the night grows (execution only: a host's candidates
+        do not depend on which hosts share its task).
     fanin_edges: add fan-in edges (default False: the graph of relay and similarity only;
         measured in docs/benchmarks.md, 'Fan-in edges (flood grouping)').
     fanin_window_s: fan-in flows start at most this far apart (s; relay's time scale).
@@ -106,6 +109,7 @@ class GraphConfig:
     max_semantic_edges_per_flow: int = 10
     max_candidates_per_flow: int = 64
     host_buckets: int = 16
+    incidences_per_task: int = field(default=50_000, metadata={"execution_only": True})
     fanin_edges: bool = False
     fanin_window_s: float = 1.0
     fanin_decay_s: float = 1.0
@@ -392,9 +396,10 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
     def search(group: pd.DataFrame) -> pd.DataFrame:
         return semantic_candidates(group.drop(columns="bucket"), config, signature_stats)
 
+    host_buckets = max(config.host_buckets, -(-2 * flows_df.count() // max(1, config.incidences_per_task)))
     candidates = (
         _incidences(flows, config.fanin_edges)
-        .withColumn("bucket", F.pmod(F.xxhash64("host"), F.lit(config.host_buckets)))
+        .withColumn("bucket", F.pmod(F.xxhash64("host"), F.lit(host_buckets)))
         .groupBy("bucket")
         .applyInPandas(search, schema=candidate_schema)
     )

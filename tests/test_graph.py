@@ -270,3 +270,12 @@ def test_the_partition_projects_every_semantic_relationship(spark):
     edges = spark.createDataFrame(rows, "src string, dst string, relationship string, weight double")
     semantic, _ = flow_graph_parts(edges, PartitionConfig())
     assert sorted(semantic.toPandas()["a"]) == [f"{i}a" for i in range(len(graph.SEMANTIC_RELATIONSHIPS))]
+
+
+def test_more_candidate_tasks_for_a_bigger_night_change_no_edge(spark, stats):
+    """incidences_per_task only spreads the hosts over more tasks (bounded memory)."""
+    rows = [_flow(f"f{i:02d}", f"10.0.1.{i % 5}", f"10.0.2.{i % 3}", 100 * i, 20, PATTERN) for i in range(30)]
+    _, default = _build(spark, rows, stats)
+    _, spread = _build(spark, rows, stats, GraphConfig(host_buckets=1, incidences_per_task=4))
+    assert sorted(map(tuple, spread.to_numpy())) == sorted(map(tuple, default.to_numpy()))
+    assert len(_semantic(default)) > 0

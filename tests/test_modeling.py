@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from jobs.modeling import config_as_dict
+from pipeline.graph import GraphConfig
 from pipeline.partition import PartitionConfig
 
 
@@ -12,3 +13,8 @@ def test_execution_only_settings_do_not_enter_the_model_version():
     assert "driver_components_max_edges" not in base["PartitionConfig"]
     assert config_as_dict(dataclasses.replace(PartitionConfig(), driver_components_max_edges=0)) == base
     assert config_as_dict(dataclasses.replace(PartitionConfig(), resolution=0.5)) != base
+
+
+def test_task_sizes_do_not_enter_the_model_version():
+    assert config_as_dict(dataclasses.replace(PartitionConfig(), flows_per_leiden_task=1)) == config_as_dict(PartitionConfig())
+    assert config_as_dict(dataclasses.replace(GraphConfig(), incidences_per_task=1)) == config_as_dict(GraphConfig())

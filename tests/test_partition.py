@@ -193,3 +193,15 @@ def test_partition_of_the_compact_graph_equals_leiden_on_its_projection(spark):
     got = _groups(dict(zip(atoms["flow_id"], atoms["atom_id"])))
     assert got == _groups({_name(i): c for i, c in enumerate(expected.membership)})
     assert len(got) < n_flows  # the quiet hosts did link flows
+
+
+def test_more_leiden_tasks_for_a_bigger_night_change_no_atom(spark):
+    """flows_per_leiden_task only spreads the components over more tasks (bounded memory)."""
+    left, _ = _planted(blocks=3, size=8, seed=1)
+    right, _ = _planted(blocks=2, size=12, seed=2, start=24)
+    vertices, edge_df = _graph_tables(spark, 55, left + right + [(48, 49, 0.7)])
+    default = partition.partition_flows(spark, vertices, edge_df, PartitionConfig()).toPandas()
+    spread = partition.partition_flows(
+        spark, vertices, edge_df, PartitionConfig(leiden_buckets=1, flows_per_leiden_task=3)).toPandas()
+    key = ["flow_id"]
+    assert default.sort_values(key).reset_index(drop=True).equals(spread.sort_values(key).reset_index(drop=True))
