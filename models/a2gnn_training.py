@@ -336,7 +336,9 @@ def nearest_anchor(
     index = np.empty(embeddings.shape[0], dtype=np.int64)
     for start in range(0, embeddings.shape[0], chunk):
         block = torch.from_numpy(np.ascontiguousarray(embeddings[start:start + chunk], dtype=np.float32))
-        squared = anchor_sq.unsqueeze(0) - 2.0 * block @ anchor_t.T  # + |z|^2, constant per row
+        # |a|^2 - 2 z.a (+ |z|^2, constant per row), in place: one chunk x A block at a time
+        # (the out-of-place form held three; -2P + a is bitwise a - 2P)
+        squared = (block @ anchor_t.T).mul_(-2.0).add_(anchor_sq.unsqueeze(0))
         if exclude is not None:
             rows = torch.arange(squared.shape[0])
             squared[rows, torch.from_numpy(exclude[start:start + chunk])] = float("inf")
