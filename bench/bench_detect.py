@@ -35,7 +35,10 @@ def luigi(date: str, archive: Path, warehouse: Path, *extra: str) -> dict:
                "--archive", str(archive), "--warehouse", str(warehouse), "--local-scheduler", *extra]
     result = run_measured(command, env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
     if result["returncode"] != 0:
-        raise RuntimeError(f"DetectTask {date} failed:\n{result['output'][-5000:]}")
+        log = warehouse.parent / f"detect-{date}.log"
+        log.write_text(result["output"])
+        summary = [line for line in result["output"].splitlines() if not line.lstrip().startswith("at ")]
+        raise RuntimeError(f"DetectTask {date} failed (whole output in {log}):\n" + "\n".join(summary[-80:]))
     return result
 
 
