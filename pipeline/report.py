@@ -351,8 +351,8 @@ def _anomalous_atoms(spark, warehouse: Path, date: str, summary: dict, config: R
     chosen = ranking.toPandas()
     if chosen.empty:
         return None, f"No atom holds a flow flagged by {model}."
-    detail = (
-        members.join(F.broadcast(ranking.select("atom_id")), "atom_id")
+    detail = (  # the chosen atoms by id: joining `ranking` would aggregate the night again
+        members.where(F.col("atom_id").isin(chosen["atom_id"].tolist()))
         .join(flows.select("flow_id", "src_ip", "dst_ip", "dst_port", "protocol", "first_seen_ms",
                            "last_seen_ms"), "flow_id")
         .toPandas()
