@@ -145,8 +145,10 @@ def fit_baselines(
     """Fit the baselines ``names`` and their thresholds on benign training flows.
 
     ``train_flows``: rows of the ``flows`` table from the training nights (only
-    ``TRIPLET_COLUMNS`` when ``names`` is just the novelty lookup). Raises
-    ``ValueError`` when there are fewer than two training flows or a name is unknown.
+    ``TRIPLET_COLUMNS`` when ``names`` is just the novelty lookup). The rows are put in
+    ``flow_id`` order first (when that column is there), so the seeded forest and kNN
+    sample depend on the flows, not on how the table's files happen to be laid out.
+    Raises ``ValueError`` when there are fewer than two training flows or a name is unknown.
     """
     unknown = sorted(set(names) - set(BASELINE_NAMES))
     if unknown:
@@ -154,6 +156,8 @@ def fit_baselines(
     if len(train_flows) < 2:
         raise ValueError(f"baselines need at least 2 training flows, got {len(train_flows)}")
     names = tuple(n for n in BASELINE_NAMES if n in names)
+    if "flow_id" in train_flows.columns:
+        train_flows = train_flows.sort_values("flow_id", kind="stable").reset_index(drop=True)
     fitted = {}
     if "isolation_forest" in names:
         fitted.update(_fit_forest(train_flows, seed, config))

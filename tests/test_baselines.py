@@ -69,6 +69,18 @@ def test_same_seed_gives_the_same_scores():
         np.testing.assert_array_equal(a[name][0], b[name][0])
 
 
+def test_the_order_of_the_training_rows_does_not_change_any_baseline():
+    """Same flows in another file layout (e.g. another writer) -> the same baselines."""
+    rng = np.random.default_rng(7)
+    train, night = _flows(3000, rng), _flows(50, rng)
+    train["flow_id"] = [f"{i:016x}" for i in rng.permutation(len(train))]
+    config = BaselinesConfig(knn_max_reference=1000)
+    a = fit_baselines(train, seed=3, config=config).score(night)
+    b = fit_baselines(train.sample(frac=1.0, random_state=5), seed=3, config=config).score(night)
+    for name in BASELINE_NAMES:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+
+
 def test_empty_night_and_too_little_training_data():
     rng = np.random.default_rng(7)
     baselines = fit_baselines(_flows(20, rng), seed=0)
