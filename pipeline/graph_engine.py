@@ -122,36 +122,49 @@ def _graphframes_components(vertices_df, edges_df):
     return result.select("id", F.col("component").alias("label"))
 
 
-def component_labels(ids: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def component_labels(ids, src, dst) -> np.ndarray:
     """``[n]`` the smallest id of each vertex's weakly connected component (pure).
 
     ``ids``: ``[n]`` distinct vertex ids; ``src``/``dst``: ``[m]`` edge endpoints, ids
-    that must be among ``ids`` (``ValueError`` otherwise).
+    that must be among ``ids`` (``ValueError`` otherwise). Any array-likes of strings
+    (numpy, lists, Arrow). "Smallest" is byte-wise UTF-8 order, as Spark's ``min``.
+    The id lookups and the sort run in Arrow's C++ kernels: on the 1 GB bench night's
+    compact flow graph (275k vertices, 362k edges) this took 1.2 s with pandas' object
+    index and a string groupby, and takes a fraction of that now.
     """
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components as scipy_components
 
-    ids = np.asarray(ids, dtype=object)
-    index = pd.Index(ids)
-    u, v = index.get_indexer(np.asarray(src, dtype=object)), index.get_indexer(np.asarray(dst, dtype=object))
-    if len(u) and (u.min() < 0 or v.min() < 0):
+    def strings(values):
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        return values.cast(pa.string()) if isinstance(values, pa.Array) else pa.array(values, pa.string())
+
+    ids = strings(ids)
+    u, v = pc.index_in(strings(src), value_set=ids), pc.index_in(strings(dst), value_set=ids)
+    if u.null_count or v.null_count:
         raise ValueError("an edge names a vertex that is not in the vertex table")
     n = len(ids)
+    u, v = u.to_numpy(zero_copy_only=False), v.to_numpy(zero_copy_only=False)
     adjacency = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(n, n))
     _, label = scipy_components(adjacency, directed=False)
-    return pd.Series(ids).groupby(label).transform("min").to_numpy(dtype=object)
+    order = pc.sort_indices(ids).to_numpy()  # vertices by id
+    # a component's smallest id is its first vertex in id order
+    _, first = np.unique(label[order], return_index=True)
+    smallest_of_label = order[first]  # np.unique sorts labels: row c is component c
+    return ids.to_numpy(zero_copy_only=False)[smallest_of_label[label]].astype(object)
 
 
 def _driver_components(spark, vertices_df, edges_df):
     """``[id, component]`` computed on the driver (see ``driver`` in the module docstring)."""
     import pandas as pd
 
-    ids = vertices_df.select("id").distinct().toArrow().column("id").to_numpy(zero_copy_only=False)
+    ids = vertices_df.select("id").distinct().toArrow().column("id")
     edges = edges_df.select("src", "dst").toArrow()
-    component = component_labels(ids, edges.column("src").to_numpy(zero_copy_only=False),
-                                 edges.column("dst").to_numpy(zero_copy_only=False))
-    frame = pd.DataFrame({"id": ids, "component": component})
+    component = component_labels(ids, edges.column("src"), edges.column("dst"))
+    frame = pd.DataFrame({"id": ids.to_numpy(zero_copy_only=False), "component": component})
     return spark.createDataFrame(frame, schema="id string, component string")
 
 

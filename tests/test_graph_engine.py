@@ -93,6 +93,24 @@ def test_auto_collects_small_graphs_to_the_driver_and_keeps_large_ones_distribut
     assert "graph engine: driver" not in caplog.text
 
 
+def test_driver_labels_equal_igraph_whatever_the_vertex_order_and_input_type():
+    rng = np.random.default_rng(11)
+    n = 400
+    edges = [tuple(map(int, e)) for e in rng.integers(0, n, size=(300, 2))]
+    expected = _igraph_components(n, edges)
+    order = rng.permutation(n)  # vertices listed out of id order
+    ids = np.array([f"v{i:05d}" for i in order], dtype=object)
+    src = [f"v{a:05d}" for a, _ in edges]
+    dst = [f"v{b:05d}" for _, b in edges]
+    for as_arrow in (False, True):
+        import pyarrow as pa
+
+        got = graph_engine.component_labels(
+            pa.chunked_array([pa.array(ids.tolist())]) if as_arrow else ids,
+            pa.array(src) if as_arrow else np.array(src, dtype=object), dst)
+        assert dict(zip(ids, got)) == expected
+
+
 def test_driver_engine_refuses_an_edge_to_an_unknown_vertex():
     with pytest.raises(ValueError, match="not in the vertex table"):
         graph_engine.component_labels(np.array(["a", "b"], dtype=object), np.array(["a"]), np.array(["c"]))
