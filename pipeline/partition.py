@@ -57,6 +57,9 @@ from pipeline.graph_engine import DRIVER_MAX_EDGES
 
 log = logging.getLogger(__name__)
 
+GROUP_KEY_PREFIX = "~"
+"""Prefix of group vertices (quiet hosts, host pairs) in the compact flow graph: ``~`` sorts
+after the digits and letters of flow ids, so a component's smallest id is a flow's."""
 QUALITIES = ("modularity", "rb_configuration")
 SCOPES = ("graph", "component")
 
@@ -293,8 +296,10 @@ def flow_graph_parts(edges_df, config: PartitionConfig):
 
     Returns ``(semantic, members)``: ``semantic`` ``[a, b, weight]`` the relay and
     similarity edges (flow ids unprefixed, ``a < b``); ``members`` ``[key, flow, weight]``
-    one row per flow of every eligible group (a quiet host ``host|<id>``, a host pair
-    ``pair|<h1>|<h2>``), ``weight`` = ``1 / (d - 1)``, what each pair of the group gets.
+    one row per flow of every eligible group (a quiet host ``~host|<id>``, a host pair
+    ``~pair|<h1>|<h2>``), ``weight`` = ``1 / (d - 1)``, what each pair of the group gets.
+    Keys start with ``~`` (``GROUP_KEY_PREFIX``), which sorts after every character of a
+    flow id (16 hex digits), so a component of flows and keys is labelled by a flow id.
     The group cliques are implied: ``members`` has ``d`` rows where the projection has
     ``d (d - 1) / 2`` edges, so components and shuffles work on the small form.
     """
@@ -314,14 +319,14 @@ def flow_graph_parts(edges_df, config: PartitionConfig):
     # one shuffle by flow gives each flow its groups: a quiet host per end, and the pair
     # when it has two distinct ends; one more, by group, counts the group's flows
     hosts = incidences.groupBy("flow").agg(F.array_sort(F.collect_set("host")).alias("hosts"))
-    host_keys = F.transform("hosts", lambda h: F.concat(F.lit("host|"), h))
+    host_keys = F.transform("hosts", lambda h: F.concat(F.lit(GROUP_KEY_PREFIX + "host|"), h))
     pair_key = F.when(
         F.size("hosts") == 2,
-        F.array(F.concat_ws("|", F.lit("pair"), F.col("hosts")[0], F.col("hosts")[1])),
+        F.array(F.concat_ws("|", F.lit(GROUP_KEY_PREFIX + "pair"), F.col("hosts")[0], F.col("hosts")[1])),
     ).otherwise(F.array().cast("array<string>"))
     memberships = hosts.select(F.explode(F.concat(host_keys, pair_key)).alias("key"), "flow")
     size = F.count("*").over(Window.partitionBy("key"))
-    limit = F.when(F.col("key").startswith("host|"), F.lit(config.max_projection_host_degree)) \
+    limit = F.when(F.col("key").startswith(GROUP_KEY_PREFIX + "host|"), F.lit(config.max_projection_host_degree)) \
         .otherwise(F.lit(config.max_projection_pair_flows))
     members = memberships.withColumn("d", size).where((F.col("d") >= 2) & (F.col("d") <= limit)).select(
         "key", "flow", (F.lit(1.0) / (F.col("d") - 1)).alias("weight")
@@ -383,11 +388,10 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
         config.engine,
         config.driver_components_max_edges,
     )
-    # name every component by its smallest *flow* id (group keys are not flows)
-    flow_labels = flows.join(labels.withColumnRenamed("id", "flow"), "flow")
-    names = flow_labels.groupBy("component").agg(F.min("flow").alias("name"))
-    component_of = flow_labels.join(names, "component").select(
-        "flow", F.col("name").alias("component")
+    # every engine labels a component by its smallest id, and group keys sort after flow
+    # ids (GROUP_KEY_PREFIX; every group has >= 2 flows): so the label is a flow id
+    component_of = flows.join(labels.withColumnRenamed("id", "flow"), "flow").select(
+        "flow", "component"
     ).localCheckpoint(eager=True)
     sizes = component_of.groupBy("component").count().agg(F.max("count"), F.count("*"), F.sum("count")).first()
     buckets = max(config.leiden_buckets, -(-int(sizes[2] or 0) // max(1, config.flows_per_leiden_task)))
