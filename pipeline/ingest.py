@@ -201,26 +201,29 @@ def _file_task(config: FlowConfig, staging: str):
                                  batch.column("capture_file").to_pylist()):
                 scan = FileScan(path, rel, config)
                 boundary: list[pa.Table] = []
+                failure: list[Exception] = []
 
                 def final_flows() -> Iterator[pa.RecordBatch]:
-                    for partial in scan.flows():
-                        if not partial.num_rows:
-                            continue
-                        edge = boundary_mask(partial, scan.first_packet_us, config)
-                        boundary.append(partial.filter(pa.array(edge)))
-                        yield from _final_batches(partial.filter(pa.array(~edge)))
+                    try:
+                        for partial in scan.flows():
+                            if not partial.num_rows:
+                                continue
+                            edge = boundary_mask(partial, scan.first_packet_us, config)
+                            boundary.append(partial.filter(pa.array(edge)))
+                            yield from _final_batches(partial.filter(pa.array(~edge)))
+                    except Exception as exc:  # a bug must not lose the night: reported below
+                        failure.append(exc)
 
-                written: list[int] = []
-                try:
-                    store.write_parquet_parts(final_flows(), staging, file_part_stem(rel),
-                                              schema.FLOWS, counts=written)
-                    stats, errors = scan.stats, scan.errors
-                except Exception as exc:  # a bug must not lose the night: report it
-                    log.exception("failed on %s", path)
+                # the file's flows so far are written whatever the scan does; a failure to
+                # write (disk, permissions) is not the capture's fault: it fails the task
+                written = store.write_parquet_parts(final_flows(), staging, file_part_stem(rel), schema.FLOWS)
+                stats, errors = scan.stats, scan.errors
+                if failure:
+                    log.error("failed on %s", path, exc_info=failure[0])
                     stats = dict(scan.stats, status="partial")
                     errors = scan.errors + [dict(
                         capture_file=rel, byte_offset=0, fatal=True, quarantine_path=None,
-                        reason=f"internal error: {type(exc).__name__}: {exc}")]
+                        reason=f"internal error: {type(failure[0]).__name__}: {failure[0]}")]
                 edges = pa.concat_tables(boundary) if boundary else PARTIAL_SCHEMA.empty_table()
                 for start in range(0, edges.num_rows, BOUNDARY_CHUNK_FLOWS):
                     yield _side_rows(boundary=edges.slice(start, BOUNDARY_CHUNK_FLOWS))

@@ -202,3 +202,59 @@ def test_only_flows_open_at_the_end_or_starting_within_the_idle_timeout_leave_th
     rows.update(bidirectional_first_us=starts, reason=reasons)
     partial = pa.Table.from_pydict(rows, schema=PARTIAL_SCHEMA)
     assert boundary_mask(partial, first_us, FlowConfig(idle_timeout_s=120)).tolist() == [True, True, False, True]
+
+
+def _run_file_task(path: Path, staging: Path) -> list[dict]:
+    """One file through the Spark task body, without Spark: the metas it returns."""
+    import json
+
+    from pipeline.flows import FlowConfig
+    from pipeline.ingest import SIDE_SCHEMA, _file_task
+
+    batch = pa.RecordBatch.from_pydict({"path": [str(path)], "capture_file": [f"{DAY}/{path.name}"]})
+    side = pa.Table.from_batches(list(_file_task(FlowConfig(), str(staging))(iter([batch]))), SIDE_SCHEMA)
+    return [json.loads(m) for m in side.column("meta").to_pylist() if m is not None]
+
+
+def _conversations(path: Path, count: int) -> Path:
+    """``count`` TCP conversations 300 s apart (the last still open at the file's end)."""
+    packets = []
+    for i in range(count):
+        packets += cb.tcp_conversation(f"10.0.1.{i + 1}", "10.0.0.1", 40000 + i, 80, cb.BASE_TS + 300 * i)
+    cb.write(path, cb.pcap_bytes(packets, linktype=101))
+    return path
+
+
+def test_a_failing_scan_keeps_the_flows_written_before_it_and_reports_the_file(tmp_path, monkeypatch):
+    from pipeline import ingest
+
+    capture = _conversations(tmp_path / "a.pcap", 4)
+    real_flows = ingest.FileScan.flows
+
+    def flows_then_bug(self):
+        yield from real_flows(self)
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(ingest.FileScan, "flows", flows_then_bug)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (meta,) = _run_file_task(capture, staging)
+    assert meta["stats"]["status"] == "partial"
+    assert meta["errors"][-1]["reason"] == "internal error: RuntimeError: decoder bug"
+    written = pa.concat_tables([pq_read(p) for p in sorted(staging.glob("part-*.parquet"))])
+    # the middle two: the first conversation starts within the idle timeout of the file's
+    # first packet and the last is open at the file's end (boundary flows, for the driver)
+    assert written.num_rows == meta["flows_written"] == 2
+    assert not list(staging.glob(".*"))  # no temporary file left
+
+
+def test_a_warehouse_that_cannot_be_written_fails_the_task_not_the_capture(tmp_path):
+    capture = _conversations(tmp_path / "a.pcap", 3)
+    with pytest.raises(OSError):
+        _run_file_task(capture, tmp_path / "no-such-staging-dir")
+
+
+def pq_read(path: Path) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
