@@ -88,6 +88,8 @@ class PartitionTask(TrainingWindowTask):
         return PartitionTarget(self.warehouse_path, "atoms", date=self.day)
 
     def run(self):
+        from pyspark.sql import functions as F
+
         from pipeline import warehouse
         from pipeline.partition import partition_flows
 
@@ -97,8 +99,6 @@ class PartitionTask(TrainingWindowTask):
         self.progress(10, f"Leiden partitioning of {self.day}")
         atoms = partition_flows(spark, vertices, edges, dataclass_of(partition()))
         path = warehouse.write_spark_partition(atoms, self.warehouse_path, "atoms", date=self.day)
-        from pyspark.sql import functions as F
-
         written = warehouse.read_partition(spark, self.warehouse_path, "atoms", date=self.day).agg(
             F.countDistinct("atom_id").alias("atoms"), F.count("*").alias("flows")).first()
         self.progress(100, f"atoms of {self.day}: {written['atoms']} atoms over {written['flows']} flows -> {path}")

@@ -84,11 +84,9 @@ def staged_partition(warehouse: str | os.PathLike, table: str, **partition: str)
 
 
 def write_parquet_parts(batches: Iterable[pa.RecordBatch], directory: str | os.PathLike, stem: str,
-                        arrow_schema: pa.Schema, rows_per_file: int = 1_000_000,
-                        counts: list[int] | None = None) -> list[int]:
+                        arrow_schema: pa.Schema, rows_per_file: int = 1_000_000) -> list[int]:
     """Stream ``batches`` into ``<directory>/<stem>-NNNNN.parquet`` files of at most
-    ``rows_per_file`` rows (zstd); returns ``counts``, the rows of each file, which is
-    filled as the files are written (pass a list to see them when ``batches`` raises).
+    ``rows_per_file`` rows (zstd); returns the rows of each file.
 
     Each file is written under a hidden temporary name (Spark and Arrow readers skip names
     starting with ``.``) and renamed when closed, so a process that dies leaves no readable
@@ -96,7 +94,7 @@ def write_parquet_parts(batches: Iterable[pa.RecordBatch], directory: str | os.P
     When ``batches`` raises, what was written is kept (closed and renamed), then it re-raises.
     """
     directory = Path(directory)
-    counts = [] if counts is None else counts
+    counts: list[int] = []
     writer, temporary = None, None
 
     def close() -> None:
@@ -136,20 +134,12 @@ def write_arrow_partition(
     Zero rows still produce a readable partition (one empty file carrying the schema).
     Returns the final partition path.
     """
-    final = partition_path(warehouse, table, **partition)
     data = schema.conform(table, data)
-    staging = _staging_dir(final)
-    try:
+    with staged_partition(warehouse, table, **partition) as staging:
         if data.num_rows == 0:
             pq.write_table(data, staging / "part-00000.parquet", compression="zstd")
-        for index, start in enumerate(range(0, data.num_rows, rows_per_file)):
-            chunk = data.slice(start, rows_per_file)
-            pq.write_table(chunk, staging / f"part-{index:05d}.parquet", compression="zstd")
-        _swap_in(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+        write_parquet_parts(data.to_batches(), staging, "part", data.schema, rows_per_file)
+    return partition_path(warehouse, table, **partition)
 
 
 def write_spark_partition(df, warehouse: str | os.PathLike, table: str, **partition: str) -> Path:
@@ -167,14 +157,9 @@ def write_spark_partition(df, warehouse: str | os.PathLike, table: str, **partit
         (F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
         for f in struct.fields
     ]
-    staging = _staging_dir(final)
-    try:
+    with staged_partition(warehouse, table, **partition) as staging:
         df.select(*columns).write.mode("overwrite").parquet(str(staging))
         (staging / SUCCESS_MARKER).unlink(missing_ok=True)
-        _swap_in(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 

@@ -85,10 +85,8 @@ def test_parquet_parts_keep_what_was_written_when_the_source_fails(tmp_path):
         yield _numbers(3)
         raise RuntimeError("capture went bad")
 
-    counts: list[int] = []
     with pytest.raises(RuntimeError, match="capture went bad"):
-        warehouse.write_parquet_parts(failing(), tmp_path, "part-b", _numbers(1).schema, counts=counts)
-    assert counts == [3]
+        warehouse.write_parquet_parts(failing(), tmp_path, "part-b", _numbers(1).schema)
     assert [p.name for p in tmp_path.iterdir()] == ["part-b-00000.parquet"]  # no temporary left
     assert pq.read_table(tmp_path / "part-b-00000.parquet").num_rows == 3
 
