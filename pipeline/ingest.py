@@ -21,7 +21,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -191,6 +191,35 @@ def file_part_stem(capture_file: str) -> str:
     return "part-" + hashlib.sha1(capture_file.encode()).hexdigest()[:16]
 
 
+def write_file_flows(partials: Iterable[pa.Table], first_packet_us: Callable[[], int], config: FlowConfig,
+                     staging: str | Path, stem: str) -> tuple[int, pa.Table, Exception | None]:
+    """Finalise and write one file's flows as ``<staging>/<stem>-NNNNN.parquet``, except those
+    that may continue in another file (:func:`boundary_mask`; ``first_packet_us()`` is the
+    file's earliest timestamp read so far).
+
+    Returns ``(flows written, boundary partial flows, error)``: ``error`` is the exception
+    that ended ``partials`` early (a bug must not lose the night: what came before it is
+    written and counted), else None. Errors of the writer itself propagate.
+    """
+    boundary: list[pa.Table] = []
+    failure: list[Exception] = []
+
+    def final_flows() -> Iterator[pa.RecordBatch]:
+        try:
+            for partial in partials:
+                if not partial.num_rows:
+                    continue
+                edge = boundary_mask(partial, first_packet_us(), config)
+                boundary.append(partial.filter(pa.array(edge)))
+                yield from _final_batches(partial.filter(pa.array(~edge)))
+        except Exception as exc:
+            failure.append(exc)
+
+    written = store.write_parquet_parts(final_flows(), staging, stem, schema.FLOWS)
+    edges = pa.concat_tables(boundary) if boundary else PARTIAL_SCHEMA.empty_table()
+    return sum(written), edges, failure[0] if failure else None
+
+
 def _file_task(config: FlowConfig, staging: str):
     """``mapInArrow`` body: each file's flows are finalised and written to ``staging`` by the
     task, except the few that may continue in another file (:func:`boundary_mask`), which
@@ -200,35 +229,21 @@ def _file_task(config: FlowConfig, staging: str):
             for path, rel in zip(batch.column("path").to_pylist(),
                                  batch.column("capture_file").to_pylist()):
                 scan = FileScan(path, rel, config)
-                boundary: list[pa.Table] = []
-                failure: list[Exception] = []
-
-                def final_flows() -> Iterator[pa.RecordBatch]:
-                    try:
-                        for partial in scan.flows():
-                            if not partial.num_rows:
-                                continue
-                            edge = boundary_mask(partial, scan.first_packet_us, config)
-                            boundary.append(partial.filter(pa.array(edge)))
-                            yield from _final_batches(partial.filter(pa.array(~edge)))
-                    except Exception as exc:  # a bug must not lose the night: reported below
-                        failure.append(exc)
-
-                # the file's flows so far are written whatever the scan does; a failure to
-                # write (disk, permissions) is not the capture's fault: it fails the task
-                written = store.write_parquet_parts(final_flows(), staging, file_part_stem(rel), schema.FLOWS)
+                # a failure to write (disk, permissions) is not the capture's fault: it
+                # raises here and fails the task; a failing scan is reported against the file
+                written, edges, failure = write_file_flows(
+                    scan.flows(), lambda: scan.first_packet_us, config, staging, file_part_stem(rel))
                 stats, errors = scan.stats, scan.errors
-                if failure:
-                    log.error("failed on %s", path, exc_info=failure[0])
+                if failure is not None:
+                    log.error("failed on %s", path, exc_info=failure)
                     stats = dict(scan.stats, status="partial")
                     errors = scan.errors + [dict(
                         capture_file=rel, byte_offset=0, fatal=True, quarantine_path=None,
-                        reason=f"internal error: {type(failure[0]).__name__}: {failure[0]}")]
-                edges = pa.concat_tables(boundary) if boundary else PARTIAL_SCHEMA.empty_table()
+                        reason=f"internal error: {type(failure).__name__}: {failure}")]
                 for start in range(0, edges.num_rows, BOUNDARY_CHUNK_FLOWS):
                     yield _side_rows(boundary=edges.slice(start, BOUNDARY_CHUNK_FLOWS))
                 yield _side_rows(meta=json.dumps(
-                    {"stats": stats, "errors": errors, "flows_written": sum(written)}))
+                    {"stats": stats, "errors": errors, "flows_written": written}))
     return run
 
 

@@ -225,26 +225,26 @@ def _conversations(path: Path, count: int) -> Path:
     return path
 
 
-def test_a_failing_scan_keeps_the_flows_written_before_it_and_reports_the_file(tmp_path, monkeypatch):
-    from pipeline import ingest
+def test_a_failing_scan_keeps_the_flows_written_before_it_and_reports_the_error(tmp_path):
+    from pipeline.flows import FlowConfig
+    from pipeline.ingest import FileScan, write_file_flows
 
-    capture = _conversations(tmp_path / "a.pcap", 4)
-    real_flows = ingest.FileScan.flows
+    scan = FileScan(_conversations(tmp_path / "a.pcap", 4), f"{DAY}/a.pcap")
 
-    def flows_then_bug(self):
-        yield from real_flows(self)
+    def flows_then_bug():  # the real file's partial flows, then a bug in the reader
+        yield from scan.flows()
         raise RuntimeError("decoder bug")
 
-    monkeypatch.setattr(ingest.FileScan, "flows", flows_then_bug)
     staging = tmp_path / "staging"
     staging.mkdir()
-    (meta,) = _run_file_task(capture, staging)
-    assert meta["stats"]["status"] == "partial"
-    assert meta["errors"][-1]["reason"] == "internal error: RuntimeError: decoder bug"
-    written = pa.concat_tables([pq_read(p) for p in sorted(staging.glob("part-*.parquet"))])
+    written, boundary, error = write_file_flows(
+        flows_then_bug(), lambda: scan.first_packet_us, FlowConfig(), staging, "part-a")
+    assert isinstance(error, RuntimeError) and str(error) == "decoder bug"
+    files = pa.concat_tables([pq_read(p) for p in sorted(staging.glob("part-*.parquet"))])
     # the middle two: the first conversation starts within the idle timeout of the file's
     # first packet and the last is open at the file's end (boundary flows, for the driver)
-    assert written.num_rows == meta["flows_written"] == 2
+    assert files.num_rows == written == 2
+    assert boundary.num_rows == 2
     assert not list(staging.glob(".*"))  # no temporary file left
 
 
