@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import metrics
+from pipeline import metrics, night_aggregates
 from pipeline.baselines import BASELINE_NAMES, TRIPLET_COLUMNS, BaselinesConfig, fit_baselines
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.labels import BENIGN, label_flows, read_labels
@@ -64,6 +64,7 @@ class EvaluationConfig:
     seed: int = 0
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     baselines_without_labels: tuple[str, ...] = ("novelty_lookup",)
+    aggregate_in_spark: bool = True
 
 
 def read_flows(spark, warehouse: Path, date: str, columns=FLOW_COLUMNS) -> pd.DataFrame:
@@ -91,14 +92,19 @@ def read_model_scores(spark, warehouse: Path, date: str, model: str, version: st
     return read_partition(spark, warehouse, "flow_scores", date=date, model=model, model_version=version)
 
 
-def night_volumes(spark, warehouse: Path, date: str, flows: pd.DataFrame) -> dict:
-    """Flow, packet and byte totals, plus ingest accounting when its tables exist."""
-    volumes: dict = {
+def flow_totals(flows: pd.DataFrame) -> dict:
+    """``{"flows", "packets", "bytes", "hosts"}`` of a night's flows held as pandas."""
+    return {
         "flows": int(len(flows)),
         "packets": int(flows["bidirectional_packets"].fillna(0).sum()),
         "bytes": int(flows["bidirectional_bytes"].fillna(0).sum()),
         "hosts": int(pd.concat([flows["src_ip"], flows["dst_ip"]]).nunique()),
     }
+
+
+def night_volumes(spark, warehouse: Path, date: str, totals: dict) -> dict:
+    """``totals`` (``flow_totals``) plus ingest accounting when its tables exist."""
+    volumes: dict = dict(totals)
     try:
         stats = read_partition(spark, warehouse, "ingest_stats", date=date).toPandas()
         skipped = [c for c in stats.columns if c.startswith("skipped_")]
@@ -164,6 +170,52 @@ def _align_model_scores(flows: pd.DataFrame, scores: pd.DataFrame) -> tuple[np.n
     return values, flagged, int(aligned["score"].notna().sum()), threshold
 
 
+def _scored_version(warehouse: Path, date: str, model: str, versions: dict[str, str] | None) -> str | None:
+    """The pinned (else newest) version of ``model`` with complete scores of ``date``, or None."""
+    version = (versions or {}).get(model) or latest_score_version(warehouse, date, model)
+    if version is None or not complete_partitions(
+        warehouse, "flow_scores", date=date, model=model, model_version=version
+    ):
+        log.warning("no scores for model %s (version %s) on %s", model, version, date)
+        return None
+    return version
+
+
+def _unlabelled_summary(spark, warehouse: Path, date: str, train_dates: list[str], models: list[str],
+                        names: tuple[str, ...], versions: dict[str, str] | None) -> dict:
+    """``evaluate_night``'s summary of a night without labels, from Spark aggregates
+    (``pipeline.night_aggregates``): the driver holds no night-sized table."""
+    flows = read_partition(spark, warehouse, "flows", date=date)
+    totals = night_aggregates.flow_totals(flows)
+    log.info("evaluating %s: %d flows (Spark aggregates, no labels)", date, totals["flows"])
+    unlabelled = {"available": True, "metrics": None, "per_kind": None, "curves": None}
+    detectors: dict[str, dict] = {}
+    for model in models:
+        version = _scored_version(warehouse, date, model, versions)
+        if version is None:
+            detectors[model] = {"family": "model", "available": False}
+            continue
+        entry = night_aggregates.model_entry(read_model_scores(spark, warehouse, date, model, version))
+        detectors[model] = {"family": "model", **unlabelled, **entry, "model_version": version}
+    train = None
+    for day in train_dates:
+        night = read_partition(spark, warehouse, "flows", date=day).select(*TRIPLET_COLUMNS)
+        train = night if train is None else train.unionByName(night)
+    if "novelty_lookup" in names and train is not None:
+        detectors["novelty_lookup"] = {"family": "baseline", **unlabelled,
+                                       **night_aggregates.novelty_entry(flows, train)}
+    return {
+        "date": date,
+        "train_dates": list(train_dates),
+        "train_flows": 0 if train is None else int(train.count()),
+        "labels_file": None,
+        "models": list(models),
+        "volumes": night_volumes(spark, warehouse, date, totals),
+        "attack_flows_by_kind": None,
+        "detectors": detectors,
+    }
+
+
 def evaluate_night(
     spark,
     warehouse: Path,
@@ -186,6 +238,8 @@ def evaluate_night(
     warehouse = Path(warehouse)
     names = BASELINE_NAMES if labels_path is not None else tuple(config.baselines_without_labels)
     with_features = bool(set(names) & set(FEATURE_BASELINES))
+    if labels_path is None and not with_features and config.aggregate_in_spark:
+        return _unlabelled_summary(spark, warehouse, date, train_dates, models, names, versions)
     flows = read_flows(spark, warehouse, date, FLOW_COLUMNS if with_features else KEY_COLUMNS)
     log.info("evaluating %s: %d flows", date, len(flows))
     kinds = None
@@ -194,11 +248,8 @@ def evaluate_night(
 
     detectors: dict[str, dict] = {}
     for model in models:
-        version = (versions or {}).get(model) or latest_score_version(warehouse, date, model)
-        if version is None or not complete_partitions(
-            warehouse, "flow_scores", date=date, model=model, model_version=version
-        ):
-            log.warning("no scores for model %s (version %s) on %s", model, version, date)
+        version = _scored_version(warehouse, date, model, versions)
+        if version is None:
             detectors[model] = {"family": "model", "available": False}
             continue
         scores = read_model_scores(spark, warehouse, date, model, version)
@@ -224,7 +275,7 @@ def evaluate_night(
         "train_flows": int(len(train)),
         "labels_file": None if labels_path is None else str(labels_path),
         "models": list(models),
-        "volumes": night_volumes(spark, warehouse, date, flows),
+        "volumes": night_volumes(spark, warehouse, date, flow_totals(flows)),
         "attack_flows_by_kind": attack_kinds,
         "detectors": detectors,
     }

@@ -227,3 +227,26 @@ def test_pinned_version_is_evaluated_and_a_missing_pin_is_unavailable(spark, syn
                             versions={"a2gnn": "v1", "rearview": "v9"})
     assert pinned["detectors"]["a2gnn"]["model_version"] == "v1"
     assert pinned["detectors"]["rearview"] == {"family": "model", "available": False}
+
+
+def test_a_night_without_labels_is_summarised_by_spark_exactly_as_in_pandas(spark, synthetic):
+    warehouse, _ = synthetic
+    in_spark = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn", "rearview"])
+    in_pandas = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn", "rearview"],
+                               EvaluationConfig(aggregate_in_spark=False))
+    assert in_spark == in_pandas
+    assert in_spark["detectors"]["a2gnn"]["flagged"] == SCAN_FLOWS + FLOOD_FLOWS + 3
+    assert sum(in_spark["detectors"]["novelty_lookup"]["histogram"]["all"]) == in_spark["volumes"]["flows"]
+
+
+def test_spark_histogram_bins_like_numpy_at_edges_and_skips_non_finite_scores(spark):
+    from pipeline import metrics, night_aggregates
+
+    # 0, 1, ..., 40 fall exactly on the 40 bins' edges; NaN, +-inf and null are not scores
+    values = [float(v) for v in range(41)] + [20.5, 39.999, float("nan"), float("inf"), float("-inf"), None]
+    frame = spark.createDataFrame([(v,) for v in values], "score double")
+    expected = metrics.score_histograms(np.array([np.nan if v is None else v for v in values]))
+    assert night_aggregates.histogram(frame, "score") == expected
+    assert expected["all"][-1] == 3  # the last bin is closed: 39, 39.999 and 40
+    empty = spark.createDataFrame([(float("nan"),)], "score double")
+    assert night_aggregates.histogram(empty, "score") == {"edges": [], "all": []}
