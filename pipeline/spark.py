@@ -58,6 +58,25 @@ def session_settings(
     if settings.get("hive.metastore.uris"):
         settings["spark.hadoop.hive.metastore.uris"] = settings["hive.metastore.uris"]
     settings.update(overrides or {})
+    return with_fixed_driver_heap(settings)
+
+
+FIXED_HEAP_KEY = "pipeline.driver.fixedHeap"
+"""``true``: the driver JVM's heap is ``spark.driver.memory`` from the start (``-Xms``)
+and touched at start-up (``-XX:+AlwaysPreTouch``), so its footprint does not depend on
+the night (``conf/spark.conf`` says why). Read here, never passed to Spark."""
+
+
+def with_fixed_driver_heap(settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` without ``FIXED_HEAP_KEY``; when it is ``true`` the driver's Java
+    options gain ``-Xms<spark.driver.memory> -XX:+AlwaysPreTouch`` (the one heap size
+    stays in ``spark.driver.memory``)."""
+    settings = dict(settings)
+    fixed = settings.pop(FIXED_HEAP_KEY, "false").strip().lower() == "true"
+    memory = settings.get("spark.driver.memory")
+    if fixed and memory:
+        options = settings.get("spark.driver.extraJavaOptions", "")
+        settings["spark.driver.extraJavaOptions"] = f"{options} -Xms{memory} -XX:+AlwaysPreTouch".strip()
     return settings
 
 
