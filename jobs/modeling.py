@@ -89,6 +89,16 @@ class ScoreModelTask(TrainingWindowTask):
     def artifact_dir(self) -> Path:
         return model_store.require_version(self.warehouse_path, self.model_name, self.resolved_version())
 
+    def model_train_dates(self) -> list[str]:
+        """The nights the resolved version was trained on, from its manifest.
+
+        Not this night's training window: a reused or pinned model was trained on an
+        earlier window (or, in fully unsupervised mode, on its own night). Needs the
+        artifact to exist.
+        """
+        manifest = model_store.load_json(self.artifact_dir() / model_store.MANIFEST)
+        return list(manifest["train_dates"])
+
     def output(self):
         return PartitionTarget(
             self.warehouse_path, "flow_scores",

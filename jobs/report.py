@@ -30,7 +30,10 @@ class ReportTask(ScoredNightTask):
         from pipeline.report import write_report
 
         spark = self.spark()
-        train = self.score_tasks()[sorted(self.model_versions)[0]].trainer().train_dates()
+        # Baselines and the header use the nights the scoring models were trained on (a
+        # reused or pinned version's, not this night's window), all of them when two
+        # versions were trained on different windows.
+        train = sorted({d for task in self.score_tasks().values() for d in task.model_train_dates()})
         self.progress(10, f"evaluating {self.day} (labels: {self.labels or 'none'})")
         versions = {model: task.resolved_version() for model, task in self.score_tasks().items()}
         summary = evaluate_night(spark, self.warehouse_path, self.day, train,

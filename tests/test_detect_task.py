@@ -121,6 +121,21 @@ def test_reuse_policy_scores_next_night_with_existing_model(detected, tmp_path):
     assert reusable_version(root, "a2gnn", dt.date(2026, 1, 4), {"other": 1}, 7) is None
 
 
+def test_a_reused_model_reports_the_nights_it_was_trained_on_not_the_new_window(detected):
+    import json
+
+    from jobs.a2gnn import ScoreA2GNNTask
+
+    root, _ = detected
+    manifest = model_store.latest_version(root, "a2gnn")
+    later = ScoreA2GNNTask(date=dt.date(2026, 1, 20), model_version=manifest["version"],
+                           archive=str(SAMPLE_ARCHIVE), warehouse=str(root))
+    assert later.trainer().train_dates() == ["2026-01-20"]  # no archived night in its window
+    assert later.model_train_dates() == ["2026-01-01", "2026-01-02"]
+    summary = json.loads(next((root / "reports" / "date=2026-01-03").glob("*/summary.json")).read_text())
+    assert summary["train_dates"] == ["2026-01-01", "2026-01-02"]
+
+
 def _readme_queries() -> list[str]:
     from tests.pipeline_runs import REPO_ROOT
 
