@@ -395,6 +395,33 @@ def atom_layout(atom: pd.DataFrame, seed: int = 7) -> dict[str, tuple[float, flo
     return position
 
 
+def labelled_hosts(
+    positions: dict[str, tuple[float, float]], degrees: dict[str, int], max_labels: int = 8,
+    min_gap: tuple[float, float] = (0.22, 0.07),
+) -> list[str]:
+    """Hosts to label in a drawing: busiest first (``degrees``: flows per host node), at
+    most ``max_labels``, skipping a host whose label box would overlap one already chosen.
+
+    ``positions``: node -> (x, y) in data units; ``min_gap``: the smallest (dx, dy) between
+    two labels as fractions of the drawing's x and y extent (a label is wider than tall:
+    ~16 characters of a 7.5 pt font in a third of the page). Two labels collide when they
+    are closer than the gap in both directions.
+    """
+    xs = [x for x, _ in positions.values()]
+    ys = [y for _, y in positions.values()]
+    span_x = (max(xs) - min(xs)) or 1.0
+    span_y = (max(ys) - min(ys)) or 1.0
+    chosen: list[str] = []
+    for node in sorted(degrees, key=lambda n: (-degrees[n], n)):
+        if len(chosen) == max_labels:
+            break
+        x, y = positions[node]
+        if all(abs(x - positions[c][0]) >= min_gap[0] * span_x or abs(y - positions[c][1]) >= min_gap[1] * span_y
+               for c in chosen):
+            chosen.append(node)
+    return chosen
+
+
 def _atom_drawing(ax, atom: pd.DataFrame, max_flows: int, title: str) -> None:
     """Hosts (blue circles) and flows (squares, red when flagged), host--flow--host."""
     atom = atom.sort_values(["flagged", "flow_id"], ascending=[False, True]).head(max_flows)
@@ -415,9 +442,8 @@ def _atom_drawing(ax, atom: pd.DataFrame, max_flows: int, title: str) -> None:
     nx.draw_networkx_nodes(graph, layout, nodelist=flows_flagged, node_shape="s", node_size=24,
                            node_color=FLAGGED_COLOUR, ax=ax)
     nx.draw_networkx_nodes(graph, layout, nodelist=hosts, node_size=140, node_color=HOST_COLOUR, ax=ax)
-    # label the busiest hosts only, so small drawings stay legible
-    busiest = sorted(hosts, key=lambda n: (-graph.degree(n), n))[:8]
-    for node in busiest:
+    # label the busiest hosts whose labels do not collide, so drawings stay legible
+    for node in labelled_hosts(layout, {h: graph.degree(h) for h in hosts}):
         x, y = layout[node]
         ax.annotate(node[len("host:"):], (x, y), xytext=(0, 8), textcoords="offset points", ha="center",
                     fontsize=7.5, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))

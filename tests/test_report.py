@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluate import evaluate_night
-from pipeline.report import _quality_section, atom_layout, write_report
+from pipeline.report import _quality_section, atom_layout, labelled_hosts, write_report
 from test_evaluate import FLOOD_PREFIX, SCAN_ATTACKER, TEST_DATE, TRAIN_DATES, build_synthetic_warehouse
 
 
@@ -84,6 +84,18 @@ def test_atom_layout_puts_every_flow_between_its_two_hosts():
     assert len({tuple(p.round(6)) for p in parallel}) == 3
     centre = sum(parallel) / 3
     assert ((centre - (a + b) / 2).abs() < 1e-9).all()
+
+
+def test_host_labels_go_to_the_busiest_hosts_and_never_on_top_of_each_other():
+    positions = {"host:a": (0.0, 0.0), "host:b": (0.05, 0.01), "host:c": (1.0, 0.0),
+                 "host:d": (0.0, 1.0), "flow:x": (0.5, 0.5)}
+    degrees = {"host:a": 9, "host:b": 12, "host:c": 3, "host:d": 1}
+    # b is busiest; a sits under b's label and is skipped; c and d are far apart
+    assert labelled_hosts(positions, degrees) == ["host:b", "host:c", "host:d"]
+    assert labelled_hosts(positions, degrees, max_labels=2) == ["host:b", "host:c"]
+    # side by side on one row they collide only when closer than the label width
+    row = {"host:a": (0.0, 0.0), "host:b": (0.3, 0.0), "host:c": (1.0, 0.0)}
+    assert labelled_hosts(row, {"host:a": 2, "host:b": 1, "host:c": 1}) == ["host:a", "host:b", "host:c"]
 
 
 def test_an_extra_detector_entry_without_plot_data_is_tabled_not_fatal(spark, labelled_report, tmp_path):
