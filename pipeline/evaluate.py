@@ -181,6 +181,21 @@ def _scored_version(warehouse: Path, date: str, model: str, versions: dict[str, 
     return version
 
 
+def _model_detectors(spark, warehouse: Path, date: str, models: list[str], versions: dict[str, str] | None,
+                     entry_of) -> dict[str, dict]:
+    """One detector entry per model: ``entry_of(scores_df)`` of its scored version's rows
+    plus ``model_version``, or ``{"family": "model", "available": False}`` without scores."""
+    detectors: dict[str, dict] = {}
+    for model in models:
+        version = _scored_version(warehouse, date, model, versions)
+        if version is None:
+            detectors[model] = {"family": "model", "available": False}
+            continue
+        entry = entry_of(read_model_scores(spark, warehouse, date, model, version))
+        detectors[model] = {**entry, "model_version": version}
+    return detectors
+
+
 def _unlabelled_summary(spark, warehouse: Path, date: str, train_dates: list[str], models: list[str],
                         names: tuple[str, ...], versions: dict[str, str] | None) -> dict:
     """``evaluate_night``'s summary of a night without labels, from Spark aggregates
@@ -189,14 +204,9 @@ def _unlabelled_summary(spark, warehouse: Path, date: str, train_dates: list[str
     totals = night_aggregates.flow_totals(flows)
     log.info("evaluating %s: %d flows (Spark aggregates, no labels)", date, totals["flows"])
     unlabelled = {"available": True, "metrics": None, "per_kind": None, "curves": None}
-    detectors: dict[str, dict] = {}
-    for model in models:
-        version = _scored_version(warehouse, date, model, versions)
-        if version is None:
-            detectors[model] = {"family": "model", "available": False}
-            continue
-        entry = night_aggregates.model_entry(read_model_scores(spark, warehouse, date, model, version))
-        detectors[model] = {"family": "model", **unlabelled, **entry, "model_version": version}
+    detectors = _model_detectors(
+        spark, warehouse, date, models, versions,
+        lambda scores: {"family": "model", **unlabelled, **night_aggregates.model_entry(scores)})
     train = None
     for day in train_dates:
         night = read_partition(spark, warehouse, "flows", date=day).select(*TRIPLET_COLUMNS)
@@ -246,17 +256,12 @@ def evaluate_night(
     if labels_path is not None:
         kinds = label_flows(flows, read_labels(labels_path)).to_numpy(dtype=object)
 
-    detectors: dict[str, dict] = {}
-    for model in models:
-        version = _scored_version(warehouse, date, model, versions)
-        if version is None:
-            detectors[model] = {"family": "model", "available": False}
-            continue
-        scores = read_model_scores(spark, warehouse, date, model, version)
-        scores = scores.select("flow_id", "score", "threshold", "is_anomaly").toPandas()
+    def entry_of(scores_df) -> dict:
+        scores = scores_df.select("flow_id", "score", "threshold", "is_anomaly").toPandas()
         values, flagged, scored, threshold = _align_model_scores(flows, scores)
-        detectors[model] = _detector_entry("model", values, flagged, kinds, scored, threshold)
-        detectors[model]["model_version"] = version
+        return _detector_entry("model", values, flagged, kinds, scored, threshold)
+
+    detectors = _model_detectors(spark, warehouse, date, models, versions, entry_of)
 
     columns = FLOW_COLUMNS if with_features else TRIPLET_COLUMNS
     train = pd.concat([read_flows(spark, warehouse, d, columns) for d in train_dates], ignore_index=True)
