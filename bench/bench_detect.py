@@ -73,7 +73,7 @@ def main() -> None:
 
 STAGES = (  # (column, task families), in pipeline order
     ("extract", ("ExtractFlowsTask",)),
-    ("graph", ("SignatureStatsTask", "BuildGraphTask")),
+    ("graph", ("SignatureStatsTask", "FaninHistoryTask", "BuildGraphTask")),
     ("Leiden", ("PartitionTask",)),
     ("A2GNN", ("TrainA2GNNTask", "ScoreA2GNNTask")),
     ("RearView", ("TrainRearViewTask", "ScoreRearViewTask")),

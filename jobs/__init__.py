@@ -30,14 +30,14 @@ for _name in ("pipeline", "models"):
 
 from jobs.a2gnn import ScoreA2GNNTask, TrainA2GNNTask  # noqa: E402
 from jobs.detect import BackfillTask, DetectTask  # noqa: E402
-from jobs.graph import BuildGraphTask, PartitionTask, SignatureStatsTask  # noqa: E402
+from jobs.graph import BuildGraphTask, FaninHistoryTask, PartitionTask, SignatureStatsTask  # noqa: E402
 from jobs.ingest import ExtractFlowsTask  # noqa: E402
 from jobs.publish import PublishTablesTask  # noqa: E402
 from jobs.rearview import ScoreRearViewTask, TrainRearViewTask  # noqa: E402
 from jobs.report import ReportTask  # noqa: E402
 
 __all__ = [
-    "BackfillTask", "BuildGraphTask", "DetectTask", "ExtractFlowsTask", "PartitionTask",
+    "BackfillTask", "BuildGraphTask", "DetectTask", "ExtractFlowsTask", "FaninHistoryTask", "PartitionTask",
     "PublishTablesTask", "ReportTask", "ScoreA2GNNTask", "ScoreRearViewTask",
     "SignatureStatsTask", "TrainA2GNNTask", "TrainRearViewTask",
 ]

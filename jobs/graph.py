@@ -15,9 +15,9 @@ graph = config_class("graph", GraphConfig)
 partition = config_class("partition", PartitionConfig)
 
 
-class SignatureStatsTask(TrainingWindowTask):
-    """Normalisation of packet-length signatures, fitted on the night's training window
-    (never on the night itself unless no earlier night exists)."""
+class _WindowFlowsTask(TrainingWindowTask):
+    """A statistic of the night's training window (never of the night itself unless no
+    earlier night exists): requires the window's flows and reads them as one frame."""
 
     def requires(self):
         return [ExtractFlowsTask(date=d, **self.night()) for d in self._window_dates()]
@@ -27,32 +27,67 @@ class SignatureStatsTask(TrainingWindowTask):
 
         return [dt.date.fromisoformat(d) for d in training_dates(self.archive_path, self.date, self.train_days)]
 
-    def output(self):
-        return MarkerTarget(str(self.warehouse_path / "graph_stats" / f"date={self.day}" / "signature_stats.json"))
-
-    def run(self):
+    def window_flows(self, spark):
+        """``(dates, flows DataFrame of every night in the window)``."""
         from pipeline import warehouse
-        from pipeline.signatures import fit_signature_normalisation
 
-        spark = self.spark()
         dates = [d.isoformat() for d in self._window_dates()]
         frames = [warehouse.read_partition(spark, self.warehouse_path, "flows", date=d) for d in dates]
         train = frames[0]
         for frame in frames[1:]:
             train = train.unionByName(frame)
+        return dates, train
+
+
+class SignatureStatsTask(_WindowFlowsTask):
+    """Normalisation of packet-length signatures, fitted on the night's training window."""
+
+    def output(self):
+        return MarkerTarget(str(self.warehouse_path / "graph_stats" / f"date={self.day}" / "signature_stats.json"))
+
+    def run(self):
+        from pipeline.signatures import fit_signature_normalisation
+
+        dates, train = self.window_flows(self.spark())
         stats = fit_signature_normalisation(train)
         with self.output().open("w") as handle:
             json.dump({"train_dates": dates, "stats": stats}, handle, indent=2, default=float)
+
+
+class FaninHistoryTask(_WindowFlowsTask):
+    """Services that had fan-in on the night's training window (``graph_fanin_services``,
+    partition = this night): with ``[graph] fanin_scope = no_training_fanin`` the night's
+    graph adds fan-in edges only at the other services."""
+
+    def output(self):
+        return PartitionTarget(self.warehouse_path, "graph_fanin_services", date=self.day)
+
+    def run(self):
+        from pipeline import warehouse
+        from pipeline.graph import fanin_services
+
+        dates, train = self.window_flows(self.spark())
+        services = fanin_services(train, dataclass_of(graph()))
+        warehouse.write_spark_partition(services, self.warehouse_path, "graph_fanin_services", date=self.day)
+        self.progress(100, f"fan-in services of {self.day}'s training window {dates}: "
+                           f"{self.output().path}")
+
+
+def _scoped_fanin(config: GraphConfig) -> bool:
+    return config.fanin_edges and config.fanin_scope == "no_training_fanin"
 
 
 class BuildGraphTask(TrainingWindowTask):
     """Hosts and flows with physical and semantic edges, in GraphFrames' schema."""
 
     def requires(self):
-        return {
+        required = {
             "flows": ExtractFlowsTask(date=self.date, **self.night()),
             "stats": SignatureStatsTask(date=self.date, train_days=self.train_days, **self.night()),
         }
+        if _scoped_fanin(dataclass_of(graph())):
+            required["fanin"] = FaninHistoryTask(date=self.date, train_days=self.train_days, **self.night())
+        return required
 
     def output(self):
         return {
@@ -68,8 +103,11 @@ class BuildGraphTask(TrainingWindowTask):
         flows_df = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)
         with self.input()["stats"].open() as handle:
             stats = json.load(handle)["stats"]
+        config = dataclass_of(graph())
+        trained_fanin = (warehouse.read_partition(spark, self.warehouse_path, "graph_fanin_services", date=self.day)
+                         if _scoped_fanin(config) else None)
         self.progress(10, f"building the interaction graph of {self.day}")
-        vertices, edges = build_graph(flows_df, dataclass_of(graph()), stats)
+        vertices, edges = build_graph(flows_df, config, stats, trained_fanin)
         edges = edges.persist()
         warehouse.write_spark_partition(vertices, self.warehouse_path, "graph_vertices", date=self.day)
         warehouse.write_spark_partition(edges, self.warehouse_path, "graph_edges", date=self.day)

@@ -51,6 +51,15 @@ mean F1 over seeds 42 / 1 / 2 fell from 0.672 to 0.646 and benign false alarms r
 1.8 % to 8.0 %. So ``fanin_edges`` defaults to False; with it False the graph is exactly
 the relay + similarity graph.
 
+Scope (``fanin_scope``). ``"all"``: every service, as above. ``"no_training_fanin"``:
+only services that had *no* fan-in on the night's training window (no two flows from
+different initiators starting within ``fanin_window_s`` of each other,
+``fanin_services``), so fan-in that the training nights show as normal (a resolver's
+clients, SSDP announcements) adds no edges, and a burst of initiators converging on a
+service that was quiet in training does. The history is a table per night
+(``fanin_services``, written by ``jobs.graph.FaninHistoryTask``); a night that is its own
+training window (fully unsupervised mode) therefore gets no fan-in edges.
+
 Bounds. The candidate search runs per host over flows sorted by start time and looks at
 most ``max_candidates_per_flow`` positions ahead, so it costs O(incidences x candidates)
 however busy a host is (a resolver with 100,000 flows in one second gives 100,000 x 64
@@ -76,6 +85,11 @@ each of them to a weighted flow--flow edge)."""
 PHYSICAL_RELATIONSHIPS = ("src", "dst")
 SEMANTIC_PRIORITY = {"relay": 0, "similarity": 0, "fanin": 1}
 """Rank class in the k-strongest selection: lower classes first, then weight."""
+FANIN_SCOPES = ("all", "no_training_fanin")
+"""``GraphConfig.fanin_scope`` values: fan-in at every service, or only at services
+without fan-in on the training window."""
+SERVICE_COLUMNS = ("dst_ip", "dst_port", "protocol")
+"""A responder service; missing port or protocol count as -1 (as in ``fanin_candidates``)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,8 @@ class GraphConfig:
         measured in docs/benchmarks.md, 'Fan-in edges (flood grouping)').
     fanin_window_s: fan-in flows start at most this far apart (s; relay's time scale).
     fanin_decay_s: fan-in weight is ``exp(-dt / fanin_decay_s)`` (s).
+    fanin_scope: ``"all"`` services, or ``"no_training_fanin"``: only services with no
+        fan-in pair on the training window (``fanin_services``; needs that history).
     """
 
     relay_window_s: float = 1.0
@@ -113,6 +129,7 @@ class GraphConfig:
     fanin_edges: bool = False
     fanin_window_s: float = 1.0
     fanin_decay_s: float = 1.0
+    fanin_scope: str = "all"
 
 
 def host_vertex(ip: str) -> str:
@@ -211,11 +228,14 @@ def fanin_candidates(incidences: pd.DataFrame, config: GraphConfig) -> pd.DataFr
     first_seen_ms): flows *into* one service from different peers within the window.
 
     Searched per service (host, dst_port, protocol) over flows sorted by start time, at
-    most ``max_candidates_per_flow`` positions ahead. Returns columns ``a`` < ``b``
-    (flow ids) and ``weight`` (``exp(-dt / fanin_decay_s)``).
+    most ``max_candidates_per_flow`` positions ahead. When ``incidences`` has a boolean
+    ``fanin_eligible`` column, only its True rows take part (``fanin_scope``). Returns
+    columns ``a`` < ``b`` (flow ids) and ``weight`` (``exp(-dt / fanin_decay_s)``).
     """
     empty = pd.DataFrame({"a": [], "b": [], "weight": []})
     frame = incidences[incidences["role"] == "in"]
+    if "fanin_eligible" in frame.columns:  # scope: services without fan-in in training
+        frame = frame[frame["fanin_eligible"].fillna(True).astype(bool)]
     if len(frame) < 2:
         return empty
     frame = frame.assign(
@@ -292,13 +312,15 @@ def mutual_strongest(edges: pd.DataFrame, k: int) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- Spark side
 def _incidences(flows_df, with_service: bool):
     """One row per (host, flow); ``with_service`` adds what fan-in needs (``peer``,
-    ``dst_port``, ``protocol``), left out otherwise so the host shuffle carries no more
-    than relay and similarity use."""
+    ``dst_port``, ``protocol``, and ``fanin_eligible`` when the flows carry it), left out
+    otherwise so the host shuffle carries no more than relay and similarity use."""
     from pyspark.sql import functions as F
 
     columns = ["flow_id", "first_seen_ms", "bidirectional_packets", "splt_signed_ps"]
     if with_service:
         columns += ["dst_port", "protocol"]
+        if "fanin_eligible" in flows_df.columns:
+            columns.append("fanin_eligible")
     outgoing = [F.col("src_ip").alias("host"), F.lit("out").alias("role")]
     incoming = [F.col("dst_ip").alias("host"), F.lit("in").alias("role")]
     if with_service:
@@ -334,11 +356,59 @@ def _strongest_per_flow(candidates, k: int):
     )
 
 
-def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
+def _service_columns(flows_df) -> list:
+    """``dst_port`` (int) and ``protocol`` (smallint) of ``flows_df``, -1 where missing."""
+    from pyspark.sql import functions as F
+
+    columns = []
+    for name, kind in (("dst_port", "int"), ("protocol", "smallint")):
+        if name in flows_df.columns:
+            value = F.col(name).cast(kind)
+        else:
+            log.warning("flows have no %s column: fan-in edges key the service without it", name)
+            value = F.lit(None).cast(kind)
+        columns.append(F.coalesce(value, F.lit(-1).cast(kind)).alias(name))
+    return columns
+
+
+def fanin_services(flows_df, config: GraphConfig):
+    """Services that had fan-in in ``flows_df`` (a training window's flows).
+
+    A service (``SERVICE_COLUMNS``) had fan-in when two of its flows from different
+    initiators (``src_ip``) start 0 <= dt <= ``fanin_window_s`` apart: exactly when some
+    window ``[t - fanin_window_s, t]`` over its flow starts holds two distinct initiators
+    (min != max). Unlike the edge search this is not bounded to
+    ``max_candidates_per_flow`` positions: it answers "did it ever happen". Returns a
+    Spark DataFrame (``dst_ip``, ``dst_port``, ``protocol``, ``fanin_flows``: flows that
+    started while another initiator's flow had started within the window), one row per
+    such service.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    window_ms = int(np.floor(config.fanin_window_s * 1000.0))
+    flows = flows_df.where(F.col("dst_ip").isNotNull() & F.col("src_ip").isNotNull()).select(
+        "dst_ip", *_service_columns(flows_df), "src_ip", F.col("first_seen_ms").cast("long")
+    )
+    recent = (
+        Window.partitionBy(*SERVICE_COLUMNS).orderBy("first_seen_ms").rangeBetween(-window_ms, 0)
+    )
+    return (
+        flows.withColumn("_lo", F.min("src_ip").over(recent))
+        .withColumn("_hi", F.max("src_ip").over(recent))
+        .where(F.col("_lo") != F.col("_hi"))
+        .groupBy(*SERVICE_COLUMNS)
+        .agg(F.count("*").alias("fanin_flows"))
+    )
+
+
+def build_graph(flows_df, config: GraphConfig, signature_stats: dict, trained_fanin_services=None):
     """Build ``(vertices_df, edges_df)`` from a ``flows`` DataFrame (schema ``FLOWS``).
 
     ``signature_stats``: from ``pipeline.signatures.fit_signature_normalisation`` on the
-    training window (never refitted here). Returns Spark DataFrames with exactly the
+    training window (never refitted here). ``trained_fanin_services``: ``fanin_services``
+    of the training window, required when fan-in edges are on with ``fanin_scope`` =
+    ``"no_training_fanin"`` (ignored otherwise). Returns Spark DataFrames with exactly the
     columns of ``GRAPH_VERTICES`` (id, type) and ``GRAPH_EDGES`` (src, dst,
     relationship, weight); ``GraphFrame(vertices_df, edges_df)`` accepts them as is.
     """
@@ -348,16 +418,20 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict):
     signatures.check_signature_stats(signature_stats)
     if config.fanin_edges and (config.fanin_window_s < 0 or config.fanin_decay_s <= 0):
         raise ValueError("fanin_window_s must be >= 0 and fanin_decay_s > 0")
-    service = []
-    for name, kind in (("dst_port", "int"), ("protocol", "smallint")) if config.fanin_edges else ():
-        if name in flows_df.columns:
-            service.append(F.col(name).cast(kind).alias(name))
-        else:
-            log.warning("flows have no %s column: fan-in edges key the service without it", name)
-            service.append(F.lit(None).cast(kind).alias(name))
+    if config.fanin_scope not in FANIN_SCOPES:
+        raise ValueError(f"fanin_scope must be one of {FANIN_SCOPES}, got {config.fanin_scope!r}")
+    scoped = config.fanin_edges and config.fanin_scope == "no_training_fanin"
+    if scoped and trained_fanin_services is None:
+        raise ValueError("fanin_scope 'no_training_fanin' needs the training window's fanin_services")
+    service = _service_columns(flows_df) if config.fanin_edges else []
     flows = flows_df.select(
         "flow_id", "src_ip", "dst_ip", "first_seen_ms", "bidirectional_packets", "splt_signed_ps", *service
     )
+    if scoped:
+        trained = trained_fanin_services.select(*SERVICE_COLUMNS).distinct().withColumn(
+            "_trained", F.lit(True))
+        flows = flows.join(trained, on=list(SERVICE_COLUMNS), how="left").withColumn(
+            "fanin_eligible", F.col("_trained").isNull()).drop("_trained")
     hosts = (
         flows.select(F.col("src_ip").alias("ip"))
         .unionByName(flows.select(F.col("dst_ip").alias("ip")))

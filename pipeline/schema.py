@@ -134,6 +134,17 @@ GRAPH_EDGES = pa.schema(
     ]
 )
 
+GRAPH_FANIN_SERVICES = pa.schema(
+    [
+        pa.field("dst_ip", pa.string(), nullable=False),
+        pa.field("dst_port", pa.int32()),              # -1 when the flow has none
+        pa.field("protocol", pa.int16()),              # -1 when the flow has none
+        pa.field("fanin_flows", pa.int64()),           # flows with another initiator's flow <= window before
+    ]
+)
+"""Services that had fan-in on a night's *training window* (``pipeline.graph.fanin_services``;
+partition ``date`` = the night whose graph uses it, not a night of the window)."""
+
 ATOMS = pa.schema(
     [
         pa.field("flow_id", pa.string(), nullable=False),
@@ -180,6 +191,7 @@ TABLES: dict[str, pa.Schema] = {
     "ingest_errors": INGEST_ERRORS,
     "graph_vertices": GRAPH_VERTICES,
     "graph_edges": GRAPH_EDGES,
+    "graph_fanin_services": GRAPH_FANIN_SERVICES,
     "atoms": ATOMS,
     "flow_scores": FLOW_SCORES,
 }

@@ -44,7 +44,8 @@ def detected(spark, tiny_models, tmp_path_factory):
 def test_detect_runs_every_stage_and_succeeds(detected):
     root, result = detected
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
-    for table in ("flows", "ingest_stats", "ingest_errors", "graph_vertices", "graph_edges", "atoms"):
+    for table in ("flows", "ingest_stats", "ingest_errors", "graph_vertices", "graph_edges",
+                  "graph_fanin_services", "atoms"):
         assert warehouse.is_complete(warehouse.partition_path(root, table, date="2026-01-03")), table
     for model in ("a2gnn", "rearview"):
         leaves = warehouse.complete_partitions(root, "flow_scores", date="2026-01-03", model=model)

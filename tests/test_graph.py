@@ -279,3 +279,68 @@ def test_more_candidate_tasks_for_a_bigger_night_change_no_edge(spark, stats):
     _, spread = _build(spark, rows, stats, GraphConfig(host_buckets=1, incidences_per_task=4))
     assert sorted(map(tuple, spread.to_numpy())) == sorted(map(tuple, default.to_numpy()))
     assert len(_semantic(default)) > 0
+
+
+# ------------------------------------------------------- fan-in scope: quiet in training
+SCOPED_FANIN = GraphConfig(fanin_edges=True, fanin_scope="no_training_fanin")
+
+
+def _burst(prefix, dst, port, protocol, start_ms, sources=5, gap_ms=100):
+    """``sources`` one-packet flows from distinct sources to one service, ``gap_ms`` apart."""
+    return [_flow(f"{prefix}{i}", f"198.51.100.{i}", dst, start_ms + gap_ms * i, 1, [60], port, protocol)
+            for i in range(sources)]
+
+
+def test_fanin_services_are_those_where_two_initiators_arrive_within_the_window(spark):
+    rows = (
+        _burst("dns", "10.0.0.53", 53, 17, 0)                          # 5 clients in 0.4 s
+        + [_flow("w1", "10.0.5.1", "10.0.0.80", 0, dst_port=80),       # two clients 1.5 s apart
+           _flow("w2", "10.0.5.2", "10.0.0.80", 1_500, dst_port=80)]
+        + [_flow(f"r{i}", "10.0.5.9", "10.0.0.22", 10 * i, dst_port=22) for i in range(4)]  # one client
+        + [_flow("n1", "10.0.5.1", "10.0.0.7", 0, dst_port=None, protocol=None),  # no port/protocol
+           _flow("n2", "10.0.5.2", "10.0.0.7", 300, dst_port=None, protocol=None)]
+    )
+    history = graph.fanin_services(spark.createDataFrame(rows, FLOW_COLUMNS), GraphConfig()).toPandas()
+    found = {(r.dst_ip, r.dst_port, r.protocol): r.fanin_flows for r in history.itertuples()}
+    # a flow counts when another initiator's flow started <= 1 s before it (the first does not)
+    assert found == {("10.0.0.53", 53, 17): 4, ("10.0.0.7", -1, -1): 1}
+    wider = graph.fanin_services(spark.createDataFrame(rows, FLOW_COLUMNS), GraphConfig(fanin_window_s=2.0))
+    assert ("10.0.0.80", 80, 6) in {(r.dst_ip, r.dst_port, r.protocol) for r in wider.toPandas().itertuples()}
+    declared = [f.name for f in spark_schema("graph_fanin_services")]
+    assert history.columns.tolist() == declared
+
+
+def test_scoped_fan_in_adds_edges_only_at_services_quiet_in_training(spark, stats):
+    training = _burst("old", "10.0.0.53", 53, 17, 0) + _burst("web", "10.0.0.80", 80, 6, 0, sources=1)
+    history = graph.fanin_services(spark.createDataFrame(training, FLOW_COLUMNS), SCOPED_FANIN)
+    night = (
+        _burst("dns", "10.0.0.53", 53, 17, 50_000)      # the resolver's usual fan-in
+        + _burst("syn", "10.0.0.80", 80, 6, 50_000)     # a burst at a service quiet in training
+        + _burst("new", "10.0.0.99", 443, 6, 50_000)    # ... and at a service never seen
+    )
+    flows = spark.createDataFrame(night, FLOW_COLUMNS)
+    _, edges = graph.build_graph(flows, SCOPED_FANIN, stats, history)
+    touched = {flow[len("flow:"):len("flow:") + 3] for key in _semantic(edges.toPandas()) for flow in key[:2]}
+    assert touched == {"syn", "new"}
+    _, unscoped = graph.build_graph(flows, FANIN, stats)
+    assert {flow[5:8] for key in _semantic(unscoped.toPandas()) for flow in key[:2]} == {"dns", "syn", "new"}
+
+
+def test_scoped_fan_in_without_the_training_history_is_refused(spark, stats):
+    flows = spark.createDataFrame(_burst("syn", "10.0.0.80", 80, 6, 0), FLOW_COLUMNS)
+    with pytest.raises(ValueError, match="training window's fanin_services"):
+        graph.build_graph(flows, SCOPED_FANIN, stats)
+    with pytest.raises(ValueError, match="fanin_scope must be one of"):
+        graph.build_graph(flows, GraphConfig(fanin_edges=True, fanin_scope="some"), stats)
+    # fan-in off: no history needed, whatever the scope says
+    graph.build_graph(flows, GraphConfig(fanin_edges=False, fanin_scope="no_training_fanin"), stats)
+
+
+def test_fan_in_candidates_skip_flows_marked_ineligible():
+    incidences = pd.DataFrame({
+        "host": ["10.0.0.80"] * 3, "role": ["in"] * 3, "peer": ["a", "b", "c"],
+        "dst_port": [80] * 3, "protocol": [6] * 3, "flow_id": ["x", "y", "z"],
+        "first_seen_ms": [0, 10, 20], "fanin_eligible": [True, True, False],
+    })
+    found = graph.fanin_candidates(incidences, FANIN)
+    assert list(zip(found["a"], found["b"])) == [("x", "y")]

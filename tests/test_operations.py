@@ -27,6 +27,7 @@ NIGHT = "2026-01-01"
 TABLE_KEYS = {
     "flows": ["flow_id"], "ingest_stats": ["capture_file"], "atoms": ["flow_id"],
     "graph_edges": ["src", "dst", "relationship"], "flow_scores": ["model", "flow_id"],
+    "graph_fanin_services": ["dst_ip", "dst_port", "protocol"],
 }
 
 
@@ -83,7 +84,8 @@ def test_detect_through_luigid_registers_every_stage_as_done(reference_run, luig
     with urllib.request.urlopen(f"http://127.0.0.1:{luigid}/api/task_list?data={query}", timeout=30) as reply:
         done = json.load(reply)["response"]
     families = {task["name"] for task in done.values()}
-    assert {"ExtractFlowsTask", "BuildGraphTask", "PartitionTask", "TrainA2GNNTask", "ScoreA2GNNTask",
+    assert {"ExtractFlowsTask", "SignatureStatsTask", "FaninHistoryTask", "BuildGraphTask", "PartitionTask",
+            "TrainA2GNNTask", "ScoreA2GNNTask",
             "TrainRearViewTask", "ScoreRearViewTask", "PublishTablesTask", "ReportTask",
             "DetectTask"} <= families
 
