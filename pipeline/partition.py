@@ -2,7 +2,7 @@
 
 Projection to the flow graph (vertices: flows; undirected weighted edges):
 
-* every semantic edge (``relay``, ``similarity``) with its weight;
+* every semantic edge (``relay``, ``similarity``, ``fanin``) with its weight;
 * host co-membership: two flows that share a host whose flow degree d satisfies
   ``2 <= d <= max_projection_host_degree`` are joined with weight ``1 / (d - 1)``
   (Newman's collaboration weighting: each flow's total weight through one host is 1).
@@ -294,8 +294,8 @@ def _atom_table(flow_ids, community, starts, component_index, a, b, w) -> pd.Dat
 def flow_graph_parts(edges_df, config: PartitionConfig):
     """The flow graph in compact form, before any clique is expanded (Spark).
 
-    Returns ``(semantic, members)``: ``semantic`` ``[a, b, weight]`` the relay and
-    similarity edges (flow ids unprefixed, ``a < b``); ``members`` ``[key, flow, weight]``
+    Returns ``(semantic, members)``: ``semantic`` ``[a, b, weight]`` the semantic edges of
+    ``SEMANTIC_RELATIONSHIPS`` (flow ids unprefixed, ``a < b``); ``members`` ``[key, flow, weight]``
     one row per flow of every eligible group (a quiet host ``~host|<id>``, a host pair
     ``~pair|<h1>|<h2>``), ``weight`` = ``1 / (d - 1)``, what each pair of the group gets.
     Keys start with ``~`` (``GROUP_KEY_PREFIX``), which sorts after every character of a
