@@ -4,10 +4,10 @@ Training (:func:`train_a2gnn`): for every training night, Spark joins the flows 
 their atoms and keeps the flow--flow edges (``SEMANTIC_RELATIONSHIPS``: relay, similarity,
 fan-in) whose endpoints share an atom (the isolation mask drops the others anyway). The
 nights are stacked into one :class:`~models.a2gnn_training.AtomGraph` (atom keys prefixed
-by the date, so atoms
-of different nights stay apart), features are standardised with statistics fitted on
-the training window (``pipeline.features``), and the graph is saved as safetensors and
-trained through ``TorchDistributor`` (``pipeline.distributed_training``). Artifact files:
+by the date, so atoms of different nights stay apart), features are standardised with
+statistics fitted on the training window (``pipeline.features``), and the graph is saved
+as safetensors and trained through ``TorchDistributor`` (``pipeline.distributed_training``).
+Artifact files:
 
 * ``weights.safetensors``   the model's state dict;
 * ``anchors.safetensors``   ``anchors [A, out_dim]``, ``scale [A]`` (per-anchor distance
