@@ -1,13 +1,16 @@
 """TrainA2GNNTask and ScoreA2GNNTask: Atomic-Anchor on the nights' atoms."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from jobs.config import config_class, dataclass_of
+from jobs.config import config_as_dict, config_class, dataclass_of
 from jobs.graph import PartitionTask, graph, partition
 from jobs.ingest import ExtractFlowsTask
-from jobs.modeling import ScoreModelTask, TrainModelTask, config_as_dict
+from jobs.modeling import ScoreModelTask, TrainModelTask
 from models.a2gnn_config import A2GNNConfig
+from pipeline import model_store
+from pipeline.graph import GraphConfig
 
 a2gnn = config_class("a2gnn", A2GNNConfig)
 
@@ -49,6 +52,8 @@ class ScoreA2GNNTask(ScoreModelTask):
     train_task = TrainA2GNNTask
 
     def requires(self):
+        if self.model_version:
+            self.check_graph_settings()
         required = {
             "flows": ExtractFlowsTask(date=self.date, **self.night()),
             "atoms": PartitionTask(date=self.date, train_days=self.train_days, **self.night()),
@@ -56,6 +61,34 @@ class ScoreA2GNNTask(ScoreModelTask):
         if not self.model_version:
             required["model"] = self.trainer()
         return required
+
+    def check_graph_settings(self) -> None:
+        """A pinned version scores atoms built with today's ``[graph]`` and ``[partition]``
+        settings; when the version was trained with others its scores would not be the
+        ones it gave then. Refused (before any atom is rebuilt) with the differences.
+
+        A setting missing from an older manifest is taken at its dataclass default: a
+        field is added with the default that keeps the earlier behaviour. Graph settings
+        are compared as ``GraphConfig.effective()`` (fan-in's fields are moot when it is off).
+        """
+        manifest = model_store.load_json(self.artifact_dir() / model_store.MANIFEST)
+        trained = manifest.get("config", {})
+        differences = []
+        for config in (dataclass_of(graph()), dataclass_of(partition())):
+            kind = type(config)
+            known = {f.name for f in dataclasses.fields(kind)}
+            recorded = kind(**{k: v for k, v in trained.get(kind.__name__, {}).items() if k in known})
+            if isinstance(config, GraphConfig):
+                config, recorded = config.effective(), recorded.effective()
+            then, now = config_as_dict(recorded)[kind.__name__], config_as_dict(config)[kind.__name__]
+            differences += [f"{kind.__name__}.{key}: trained {then[key]!r}, now {value!r}"
+                            for key, value in now.items() if then[key] != value]
+        if differences:
+            raise ValueError(
+                f"a2gnn {self.model_version} was trained on atoms built with other settings than "
+                f"today's conf ({'; '.join(differences)}); score it with those settings (e.g. "
+                f"--graph-<field> / --partition-<field>, or a LUIGI_CONFIG_PATH file): the night's graph "
+                f"and atoms are then rebuilt with them")
 
     def run(self):
         from pipeline.a2gnn_stage import score_a2gnn

@@ -121,3 +121,14 @@ def dataclass_of(config: luigi.Config):
     cls = type(config).dataclass_type
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
     return cls(**values)
+
+
+def config_as_dict(*configs) -> dict:
+    """JSON-able dict of several stage dataclasses, keyed by their class names.
+
+    Fields marked ``metadata={"execution_only": True}`` (how a result is computed, not
+    what it is) are left out, so changing them does not give a new model version.
+    """
+    return {type(c).__name__: {f.name: getattr(c, f.name) for f in dataclasses.fields(c)
+                               if not f.metadata.get("execution_only")}
+            for c in configs}

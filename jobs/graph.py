@@ -5,7 +5,7 @@ import json
 
 import luigi
 
-from jobs.config import TrainingWindowTask, config_class, dataclass_of, training_dates
+from jobs.config import TrainingWindowTask, config_as_dict, config_class, dataclass_of, training_dates
 from jobs.ingest import ExtractFlowsTask
 from jobs.targets import MarkerTarget, PartitionTarget
 from pipeline.graph import GraphConfig
@@ -59,8 +59,12 @@ class FaninHistoryTask(_WindowFlowsTask):
     partition = this night): with ``[graph] fanin_scope = no_training_fanin`` the night's
     graph adds fan-in edges only at the other services."""
 
+    def build(self) -> dict:
+        """What the history depends on besides the window's flows: the fan-in window."""
+        return {"fanin_window_s": dataclass_of(graph()).fanin_window_s}
+
     def output(self):
-        return PartitionTarget(self.warehouse_path, "graph_fanin_services", date=self.day)
+        return PartitionTarget(self.warehouse_path, "graph_fanin_services", build=self.build(), date=self.day)
 
     def run(self):
         from pipeline import warehouse
@@ -68,13 +72,20 @@ class FaninHistoryTask(_WindowFlowsTask):
 
         dates, train = self.window_flows(self.spark())
         services = fanin_services(train, dataclass_of(graph()))
-        warehouse.write_spark_partition(services, self.warehouse_path, "graph_fanin_services", date=self.day)
+        warehouse.write_spark_partition(services, self.warehouse_path, "graph_fanin_services",
+                                        build=self.build(), date=self.day)
         self.progress(100, f"fan-in services of {self.day}'s training window {dates}: "
                            f"{self.output().path}")
 
 
 def _scoped_fanin(config: GraphConfig) -> bool:
     return config.fanin_edges and config.fanin_scope == "no_training_fanin"
+
+
+def graph_build() -> dict:
+    """The ``[graph]`` settings a night's graph is built with (execution-only fields left
+    out): recorded in its partitions, which are rebuilt when the settings change."""
+    return config_as_dict(dataclass_of(graph()).effective())
 
 
 class BuildGraphTask(TrainingWindowTask):
@@ -91,7 +102,7 @@ class BuildGraphTask(TrainingWindowTask):
 
     def output(self):
         return {
-            table: PartitionTarget(self.warehouse_path, table, date=self.day)
+            table: PartitionTarget(self.warehouse_path, table, build=graph_build(), date=self.day)
             for table in ("graph_vertices", "graph_edges")
         }
 
@@ -109,8 +120,8 @@ class BuildGraphTask(TrainingWindowTask):
         self.progress(10, f"building the interaction graph of {self.day}")
         vertices, edges = build_graph(flows_df, config, stats, trained_fanin)
         edges = edges.persist()
-        warehouse.write_spark_partition(vertices, self.warehouse_path, "graph_vertices", date=self.day)
-        warehouse.write_spark_partition(edges, self.warehouse_path, "graph_edges", date=self.day)
+        for table, frame in (("graph_vertices", vertices), ("graph_edges", edges)):
+            warehouse.write_spark_partition(frame, self.warehouse_path, table, build=graph_build(), date=self.day)
         counts = {r["relationship"]: r["count"] for r in edges.groupBy("relationship").count().collect()}
         edges.unpersist()
         self.progress(100, f"graph of {self.day}: edges by relationship {counts}")
@@ -122,8 +133,12 @@ class PartitionTask(TrainingWindowTask):
     def requires(self):
         return BuildGraphTask(date=self.date, train_days=self.train_days, **self.night())
 
+    def build(self) -> dict:
+        """Atoms depend on the graph's settings and on ``[partition]``'s."""
+        return config_as_dict(dataclass_of(graph()).effective(), dataclass_of(partition()))
+
     def output(self):
-        return PartitionTarget(self.warehouse_path, "atoms", date=self.day)
+        return PartitionTarget(self.warehouse_path, "atoms", build=self.build(), date=self.day)
 
     def run(self):
         from pyspark.sql import functions as F
@@ -136,7 +151,8 @@ class PartitionTask(TrainingWindowTask):
         edges = warehouse.read_partition(spark, self.warehouse_path, "graph_edges", date=self.day)
         self.progress(10, f"Leiden partitioning of {self.day}")
         atoms = partition_flows(spark, vertices, edges, dataclass_of(partition()))
-        path = warehouse.write_spark_partition(atoms, self.warehouse_path, "atoms", date=self.day)
+        path = warehouse.write_spark_partition(atoms, self.warehouse_path, "atoms", build=self.build(),
+                                               date=self.day)
         written = warehouse.read_partition(spark, self.warehouse_path, "atoms", date=self.day).agg(
             F.countDistinct("atom_id").alias("atoms"), F.count("*").alias("flows")).first()
         self.progress(100, f"atoms of {self.day}: {written['atoms']} atoms over {written['flows']} flows -> {path}")

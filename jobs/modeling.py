@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import abc
-import dataclasses
 import datetime as dt
 import logging
 from pathlib import Path
@@ -120,14 +119,3 @@ class ScoreModelTask(TrainingWindowTask):
         flagged = written.filter("is_anomaly").count()
         self.progress(100, f"{self.model_name} {self.resolved_version()}: {written.count()} flows scored, "
                            f"{flagged} anomalous -> {target.path}")
-
-
-def config_as_dict(*configs) -> dict:
-    """JSON-able dict of several stage dataclasses, keyed by their class names.
-
-    Fields marked ``metadata={"execution_only": True}`` (how a result is computed, not
-    what it is) are left out, so changing them does not give a new model version.
-    """
-    return {type(c).__name__: {f.name: getattr(c, f.name) for f in dataclasses.fields(c)
-                               if not f.metadata.get("execution_only")}
-            for c in configs}

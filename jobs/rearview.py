@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from jobs.config import config_class, dataclass_of
+from jobs.config import config_as_dict, config_class, dataclass_of
 from jobs.ingest import ExtractFlowsTask
-from jobs.modeling import ScoreModelTask, TrainModelTask, config_as_dict
+from jobs.modeling import ScoreModelTask, TrainModelTask
 from pipeline.rearview_config import RearViewConfig
 
 rearview = config_class("rearview", RearViewConfig)

@@ -9,14 +9,23 @@ from pipeline import model_store, warehouse
 
 
 class PartitionTarget(luigi.Target):
-    """A table partition written by ``pipeline.warehouse`` (exists once ``_SUCCESS`` is there)."""
+    """A table partition written by ``pipeline.warehouse`` (exists once ``_SUCCESS`` is there).
 
-    def __init__(self, warehouse_root: Path, table: str, **partition: str):
+    ``build``: the settings the partition's rows depend on. When given, the partition
+    exists only if it was written with exactly these (``warehouse.build_matches``), so a
+    night built under other settings (a changed ``[graph]`` section, or code older than
+    the record) is rebuilt instead of silently reused.
+    """
+
+    def __init__(self, warehouse_root: Path, table: str, build: dict | None = None, **partition: str):
         self.table = table
+        self.build = build
         self.path = warehouse.partition_path(warehouse_root, table, **partition)
 
     def exists(self) -> bool:
-        return warehouse.is_complete(self.path)
+        if not warehouse.is_complete(self.path):
+            return False
+        return self.build is None or warehouse.build_matches(self.path, self.build)
 
     def __repr__(self) -> str:
         return f"PartitionTarget({self.path})"

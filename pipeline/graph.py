@@ -73,6 +73,7 @@ most k semantic edges and ``edges <= 2 x flows + k x flows / 2``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -134,6 +135,16 @@ class GraphConfig:
     fanin_window_s: float = 1.0
     fanin_decay_s: float = 1.0
     fanin_scope: str = "all"
+
+    def effective(self) -> "GraphConfig":
+        """The same graph's settings with moot ones at their defaults: with fan-in off its
+        window, decay and scope change nothing (used to compare what two graphs were
+        built with)."""
+        if self.fanin_edges:
+            return self
+        default = GraphConfig()
+        return dataclasses.replace(self, fanin_window_s=default.fanin_window_s,
+                                   fanin_decay_s=default.fanin_decay_s, fanin_scope=default.fanin_scope)
 
 
 def host_vertex(ip: str) -> str:

@@ -10,6 +10,7 @@ last, is what marks a partition complete.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -22,6 +23,9 @@ import pyarrow.parquet as pq
 from pipeline import schema
 
 SUCCESS_MARKER = "_SUCCESS"
+BUILD_RECORD = "_BUILD.json"
+"""Inside a partition: the settings it was built with (``write_spark_partition(build=...)``),
+so a task can tell a partition built under other settings from its own (``build_matches``)."""
 
 
 def partition_path(warehouse: str | os.PathLike, table: str, **partition: str) -> Path:
@@ -142,12 +146,14 @@ def write_arrow_partition(
     return partition_path(warehouse, table, **partition)
 
 
-def write_spark_partition(df, warehouse: str | os.PathLike, table: str, **partition: str) -> Path:
+def write_spark_partition(df, warehouse: str | os.PathLike, table: str, *, build: dict | None = None,
+                          **partition: str) -> Path:
     """Write a Spark DataFrame (columns of ``table``'s schema) as one partition, atomically.
 
     Columns are selected and cast to the declared schema, so a stage cannot change a
     table's contract by accident. Spark writes into a staging directory next to the
-    final one, which is then swapped in.
+    final one, which is then swapped in. ``build`` (JSON-able: the settings the rows
+    depend on) is stored in the partition as ``BUILD_RECORD``, swapped in with the rows.
     """
     from pyspark.sql import functions as F
 
@@ -160,7 +166,25 @@ def write_spark_partition(df, warehouse: str | os.PathLike, table: str, **partit
     with staged_partition(warehouse, table, **partition) as staging:
         df.select(*columns).write.mode("overwrite").parquet(str(staging))
         (staging / SUCCESS_MARKER).unlink(missing_ok=True)
+        if build is not None:
+            (staging / BUILD_RECORD).write_text(json.dumps(build, sort_keys=True, indent=1))
     return final
+
+
+def build_matches(path: str | os.PathLike, build: dict) -> bool:
+    """True when the partition at ``path`` records exactly ``build`` (compared as JSON).
+
+    A partition without a record (written before records existed, or by a writer that
+    keeps none) does not match: its settings are unknown.
+    """
+    record = Path(path) / BUILD_RECORD
+    if not record.is_file():
+        return False
+    try:
+        recorded = json.loads(record.read_text())
+    except ValueError:
+        return False
+    return recorded == json.loads(json.dumps(build))
 
 
 def _prefix_path(warehouse, table: str, partition: dict[str, str]) -> tuple[Path, tuple[str, ...]]:

@@ -1,6 +1,7 @@
 """Helpers for end-to-end tests: run Luigi in this process or as a real command line."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import luigi
 import pyarrow.parquet as pq
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +59,20 @@ def copy_archive(nights: list[str], target: Path) -> Path:
     for night in nights:
         shutil.copytree(SAMPLE_ARCHIVE / night, target / night)
     return target
+
+
+@contextlib.contextmanager
+def settings(section: str, **values: str):
+    """Luigi config values for the block; the previous ones come back afterwards."""
+    config = luigi.configuration.get_config()
+    before = {key: config.get(section, key, None) for key in values}
+    for key, value in values.items():
+        config.set(section, key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                config.remove_option(section, key)
+            else:
+                config.set(section, key, value)

@@ -10,7 +10,7 @@ from luigi.configuration.cfg_parser import LuigiConfigParser
 
 import jobs
 from pipeline import model_store, warehouse
-from tests.pipeline_runs import SAMPLE_ARCHIVE, SAMPLE_LABELS, TINY_CFG, table_rows
+from tests.pipeline_runs import SAMPLE_ARCHIVE, SAMPLE_LABELS, TINY_CFG, settings, table_rows
 
 pytestmark = pytest.mark.slow
 NIGHT = dt.date(2026, 1, 3)
@@ -89,6 +89,37 @@ def test_pinned_version_reproduces_identical_scores(detected):
     result = _build(_detect(root, models="a2gnn", model_version=version))
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
     assert table_rows(root, "flow_scores", ["model", "flow_id"]) == before
+
+
+def test_a_pinned_version_trained_on_other_graph_settings_is_refused_before_any_rebuild(detected):
+    root, _ = detected
+    manifest = model_store.latest_version(root, "a2gnn")
+    atoms = warehouse.partition_path(root, "atoms", date="2026-01-03")
+    record = (atoms / warehouse.BUILD_RECORD).read_text()
+
+    def pinned(version):
+        return jobs.ScoreA2GNNTask(date=NIGHT, archive=str(SAMPLE_ARCHIVE), warehouse=str(root),
+                                   model_version=version)
+
+    pinned(manifest["version"]).requires()  # today's settings: accepted
+    with settings("graph", max_semantic_edges_per_flow="5"):
+        with pytest.raises(ValueError, match="GraphConfig.max_semantic_edges_per_flow: trained 10, now 5"):
+            pinned(manifest["version"]).requires()  # raised while Luigi resolves dependencies
+    assert (atoms / warehouse.BUILD_RECORD).read_text() == record  # the night's atoms were not rebuilt
+    # a version written before a setting existed is read with that setting's default
+    old = model_store.artifact_dir(root, "a2gnn", "old-graph")
+    shutil.copytree(model_store.artifact_dir(root, "a2gnn", manifest["version"]), old)
+    try:
+        graph_config = {k: v for k, v in manifest["config"]["GraphConfig"].items() if not k.startswith("fanin")}
+        model_store.save_json(old / model_store.MANIFEST, {
+            **manifest, "version": "old-graph", "config": {**manifest["config"], "GraphConfig": graph_config}})
+        with settings("graph", fanin_edges="true", fanin_scope="no_training_fanin"):
+            with pytest.raises(ValueError, match="fanin_edges: trained False, now True"):
+                pinned("old-graph").requires()
+        with settings("graph", fanin_edges="false", fanin_scope="no_training_fanin"):
+            pinned("old-graph").requires()  # fan-in off: its scope is moot
+    finally:
+        shutil.rmtree(old)
 
 
 def test_a_new_model_version_never_overwrites_earlier_scores(detected):

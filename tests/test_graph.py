@@ -344,3 +344,11 @@ def test_fan_in_candidates_skip_flows_marked_ineligible():
     })
     found = graph.fanin_candidates(incidences, FANIN)
     assert list(zip(found["a"], found["b"])) == [("x", "y")]
+
+
+def test_fan_in_settings_are_moot_when_fan_in_is_off():
+    off = GraphConfig(fanin_edges=False, fanin_window_s=3.0, fanin_scope="no_training_fanin")
+    assert off.effective() == GraphConfig(fanin_edges=False)
+    on = GraphConfig(fanin_edges=True, fanin_window_s=3.0, fanin_scope="no_training_fanin")
+    assert on.effective() == on
+    assert GraphConfig(max_semantic_edges_per_flow=5).effective().max_semantic_edges_per_flow == 5

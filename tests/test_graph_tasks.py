@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 import jobs
 from pipeline import graph, warehouse
 from pipeline.graph import GraphConfig
-from tests.pipeline_runs import SAMPLE_ARCHIVE
+from tests.pipeline_runs import SAMPLE_ARCHIVE, settings
 
 pytestmark = pytest.mark.slow
 SERVICE = list(graph.SERVICE_COLUMNS)
@@ -20,25 +20,19 @@ SERVICE = list(graph.SERVICE_COLUMNS)
 @pytest.fixture(scope="module")
 def scoped_fanin():
     """``[graph]`` with scoped fan-in (production's setting, stated here so the tests do not
-    depend on conf/luigi.cfg); the previous values come back afterwards."""
-    config = luigi.configuration.get_config()
-    wanted = {"fanin_edges": "true", "fanin_scope": "no_training_fanin"}
-    before = {key: config.get("graph", key, None) for key in wanted}
-    for key, value in wanted.items():
-        config.set("graph", key, value)
-    yield
-    for key, value in before.items():
-        if value is None:
-            config.remove_option("graph", key)
-        else:
-            config.set("graph", key, value)
+    depend on conf/luigi.cfg)."""
+    with settings("graph", fanin_edges="true", fanin_scope="no_training_fanin"):
+        yield
+
+
+def _night(task, root, day=2):
+    return task(date=dt.date(2026, 1, day), train_days=1, archive=str(SAMPLE_ARCHIVE), warehouse=str(root))
 
 
 @pytest.fixture(scope="module")
 def graphs(spark, scoped_fanin, tmp_path_factory):
     root = tmp_path_factory.mktemp("graphs")
-    tasks = [jobs.BuildGraphTask(date=dt.date(2026, 1, day), train_days=1, archive=str(SAMPLE_ARCHIVE),
-                                 warehouse=str(root)) for day in (1, 2)]
+    tasks = [_night(jobs.PartitionTask, root, day) for day in (1, 2)]
     result = luigi.build(tasks, local_scheduler=True, detailed_summary=True, log_level="WARNING")
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
     return root
@@ -75,3 +69,34 @@ def test_a_night_gets_fan_in_edges_only_at_services_quiet_on_its_training_window
     assert _fanin_services_linked(spark, graphs, day, unscoped).join(history, SERVICE).count() > 0
     # the first night is its own window: all its fan-in is "seen in training"
     assert _fanin_services_linked(spark, graphs, "2026-01-01").count() == 0
+
+
+def _complete(root) -> dict[str, bool]:
+    return {task.__name__: _night(task, root).complete()
+            for task in (jobs.FaninHistoryTask, jobs.BuildGraphTask, jobs.PartitionTask)}
+
+
+def test_a_night_built_under_other_settings_is_rebuilt_not_reused(graphs):
+    everything = {"FaninHistoryTask": True, "BuildGraphTask": True, "PartitionTask": True}
+    assert _complete(graphs) == everything
+    with settings("graph", max_semantic_edges_per_flow="5"):  # the graph and so its atoms
+        assert _complete(graphs) == {**everything, "BuildGraphTask": False, "PartitionTask": False}
+    with settings("graph", fanin_window_s="2.0"):  # the fan-in history too
+        assert _complete(graphs) == {key: False for key in everything}
+    with settings("partition", resolution="0.5"):  # the atoms only
+        assert _complete(graphs) == {**everything, "PartitionTask": False}
+    with settings("graph", incidences_per_task="7"):  # how, not what: nothing to rebuild
+        assert _complete(graphs) == everything
+    assert _complete(graphs) == everything
+
+
+def test_a_partition_without_a_build_record_counts_as_built_under_unknown_settings(graphs):
+    atoms = warehouse.partition_path(graphs, "atoms", date="2026-01-02")
+    record = atoms / warehouse.BUILD_RECORD
+    saved = record.read_bytes()
+    record.unlink()  # as written by code older than the record
+    try:
+        assert not _night(jobs.PartitionTask, graphs).complete()
+    finally:
+        record.write_bytes(saved)
+    assert _night(jobs.PartitionTask, graphs).complete()

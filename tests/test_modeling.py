@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobs.modeling import config_as_dict
+from jobs.config import config_as_dict
 from pipeline.graph import GraphConfig
 from pipeline.partition import PartitionConfig
 

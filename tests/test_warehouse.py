@@ -44,6 +44,20 @@ def test_spark_write_is_read_back_with_declared_schema(spark, tmp_path):
     assert back.collect()[0]["reason"] == "truncated"
 
 
+def test_a_partition_records_the_settings_it_was_built_with(spark, tmp_path):
+    df = spark.createDataFrame([("f1", 10, "truncated")], "capture_file string, byte_offset long, reason string")
+    build = {"GraphConfig": {"fanin_edges": True, "fanin_window_s": 1.0, "fanin_scope": "no_training_fanin"}}
+    path = warehouse.write_spark_partition(df, tmp_path, "ingest_errors", build=build, date="2026-01-01")
+    assert warehouse.build_matches(path, build)
+    assert not warehouse.build_matches(path, {"GraphConfig": {**build["GraphConfig"], "fanin_window_s": 2.0}})
+    # the record is not data: readers see the rows only
+    assert warehouse.read_partition(spark, tmp_path, "ingest_errors", date="2026-01-01").count() == 1
+    # rewritten without a record: settings unknown, never a match
+    path = warehouse.write_spark_partition(df, tmp_path, "ingest_errors", date="2026-01-01")
+    assert not (path / warehouse.BUILD_RECORD).exists()
+    assert not warehouse.build_matches(path, build)
+
+
 def test_incomplete_partition_is_not_read(tmp_path):
     (tmp_path / "ingest_errors" / "date=2026-01-01").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="incomplete"):
