@@ -5,12 +5,13 @@ import dataclasses
 from pathlib import Path
 
 from jobs.config import config_as_dict, config_class, dataclass_of
-from jobs.graph import PartitionTask, graph, partition
+from jobs.graph import PartitionTask, atoms_build, graph, partition
 from jobs.ingest import ExtractFlowsTask
 from jobs.modeling import ScoreModelTask, TrainModelTask
 from models.a2gnn_config import A2GNNConfig
 from pipeline import model_store
 from pipeline.graph import GraphConfig
+from pipeline.partition import PartitionConfig
 
 a2gnn = config_class("a2gnn", A2GNNConfig)
 
@@ -64,25 +65,26 @@ class ScoreA2GNNTask(ScoreModelTask):
 
     def check_graph_settings(self) -> None:
         """A pinned version scores atoms built with today's ``[graph]`` and ``[partition]``
-        settings; when the version was trained with others its scores would not be the
-        ones it gave then. Refused (before any atom is rebuilt) with the differences.
+        settings; when the version was trained on atoms built with others its scores would
+        not be the ones it gave then. Refused (before any atom is rebuilt) with the
+        differences: the version's settings and today's are compared as the atoms' build
+        records (``jobs.graph.atoms_build``).
 
         A setting missing from an older manifest is taken at its dataclass default: a
-        field is added with the default that keeps the earlier behaviour. Graph settings
-        are compared as ``GraphConfig.effective()`` (fan-in's fields are moot when it is off).
+        field is added with the default that keeps the earlier behaviour.
         """
         manifest = model_store.load_json(self.artifact_dir() / model_store.MANIFEST)
         trained = manifest.get("config", {})
-        differences = []
-        for config in (dataclass_of(graph()), dataclass_of(partition())):
-            kind = type(config)
+
+        def recorded(kind):
             known = {f.name for f in dataclasses.fields(kind)}
-            recorded = kind(**{k: v for k, v in trained.get(kind.__name__, {}).items() if k in known})
-            if isinstance(config, GraphConfig):
-                config, recorded = config.effective(), recorded.effective()
-            then, now = config_as_dict(recorded)[kind.__name__], config_as_dict(config)[kind.__name__]
-            differences += [f"{kind.__name__}.{key}: trained {then[key]!r}, now {value!r}"
-                            for key, value in now.items() if then[key] != value]
+            return kind(**{k: v for k, v in trained.get(kind.__name__, {}).items() if k in known})
+
+        then = atoms_build(recorded(GraphConfig), recorded(PartitionConfig))
+        now = atoms_build(dataclass_of(graph()), dataclass_of(partition()))
+        differences = [f"{name}.{key}: trained {then[name][key]!r}, now {value!r}"
+                       for name, fields in now.items() for key, value in fields.items()
+                       if then[name][key] != value]
         if differences:
             raise ValueError(
                 f"a2gnn {self.model_version} was trained on atoms built with other settings than "

@@ -78,14 +78,16 @@ class FaninHistoryTask(_WindowFlowsTask):
                            f"{self.output().path}")
 
 
-def _scoped_fanin(config: GraphConfig) -> bool:
-    return config.fanin_edges and config.fanin_scope == "no_training_fanin"
-
-
-def graph_build() -> dict:
+def graph_build(graph_config: GraphConfig) -> dict:
     """The ``[graph]`` settings a night's graph is built with (execution-only fields left
-    out): recorded in its partitions, which are rebuilt when the settings change."""
-    return config_as_dict(dataclass_of(graph()).effective())
+    out, fan-in's moot when it is off): recorded in its partitions, which are rebuilt when
+    the settings change."""
+    return config_as_dict(graph_config.effective())
+
+
+def atoms_build(graph_config: GraphConfig, partition_config: PartitionConfig) -> dict:
+    """What a night's atoms depend on: the graph's settings and ``[partition]``'s."""
+    return {**graph_build(graph_config), **config_as_dict(partition_config)}
 
 
 class BuildGraphTask(TrainingWindowTask):
@@ -96,13 +98,14 @@ class BuildGraphTask(TrainingWindowTask):
             "flows": ExtractFlowsTask(date=self.date, **self.night()),
             "stats": SignatureStatsTask(date=self.date, train_days=self.train_days, **self.night()),
         }
-        if _scoped_fanin(dataclass_of(graph())):
+        if dataclass_of(graph()).scoped_fanin:
             required["fanin"] = FaninHistoryTask(date=self.date, train_days=self.train_days, **self.night())
         return required
 
     def output(self):
+        build = graph_build(dataclass_of(graph()))
         return {
-            table: PartitionTarget(self.warehouse_path, table, build=graph_build(), date=self.day)
+            table: PartitionTarget(self.warehouse_path, table, build=build, date=self.day)
             for table in ("graph_vertices", "graph_edges")
         }
 
@@ -116,12 +119,13 @@ class BuildGraphTask(TrainingWindowTask):
             stats = json.load(handle)["stats"]
         config = dataclass_of(graph())
         trained_fanin = (warehouse.read_partition(spark, self.warehouse_path, "graph_fanin_services", date=self.day)
-                         if _scoped_fanin(config) else None)
+                         if config.scoped_fanin else None)
         self.progress(10, f"building the interaction graph of {self.day}")
         vertices, edges = build_graph(flows_df, config, stats, trained_fanin)
         edges = edges.persist()
         for table, frame in (("graph_vertices", vertices), ("graph_edges", edges)):
-            warehouse.write_spark_partition(frame, self.warehouse_path, table, build=graph_build(), date=self.day)
+            warehouse.write_spark_partition(frame, self.warehouse_path, table, build=graph_build(config),
+                                            date=self.day)
         counts = {r["relationship"]: r["count"] for r in edges.groupBy("relationship").count().collect()}
         edges.unpersist()
         self.progress(100, f"graph of {self.day}: edges by relationship {counts}")
@@ -134,8 +138,7 @@ class PartitionTask(TrainingWindowTask):
         return BuildGraphTask(date=self.date, train_days=self.train_days, **self.night())
 
     def build(self) -> dict:
-        """Atoms depend on the graph's settings and on ``[partition]``'s."""
-        return config_as_dict(dataclass_of(graph()).effective(), dataclass_of(partition()))
+        return atoms_build(dataclass_of(graph()), dataclass_of(partition()))
 
     def output(self):
         return PartitionTarget(self.warehouse_path, "atoms", build=self.build(), date=self.day)

@@ -136,6 +136,12 @@ class GraphConfig:
     fanin_decay_s: float = 1.0
     fanin_scope: str = "all"
 
+    @property
+    def scoped_fanin(self) -> bool:
+        """Fan-in edges on and limited to services quiet in training: the graph then needs
+        the training window's ``fanin_services``."""
+        return self.fanin_edges and self.fanin_scope == "no_training_fanin"
+
     def effective(self) -> "GraphConfig":
         """The same graph's settings with moot ones at their defaults: with fan-in off its
         window, decay and scope change nothing (used to compare what two graphs were
@@ -435,7 +441,7 @@ def build_graph(flows_df, config: GraphConfig, signature_stats: dict, trained_fa
         raise ValueError("fanin_window_s must be >= 0 and fanin_decay_s > 0")
     if config.fanin_scope not in FANIN_SCOPES:
         raise ValueError(f"fanin_scope must be one of {FANIN_SCOPES}, got {config.fanin_scope!r}")
-    scoped = config.fanin_edges and config.fanin_scope == "no_training_fanin"
+    scoped = config.scoped_fanin
     if scoped and trained_fanin_services is None:
         raise ValueError("fanin_scope 'no_training_fanin' needs the training window's fanin_services")
     service = _service_columns(flows_df) if config.fanin_edges else []
