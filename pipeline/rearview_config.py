@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pipeline.rearview_windows import eviction_count
 
 DECISION_RULES = ("paper", "calibrated", "fused")
+FIELDS_ADDED_LATER = {"burst_window_ms": 0}
+"""Fields added after RearView versions existed, with the value those versions were
+trained with. An artifact whose ``config.json`` lacks one reads it as this value
+(``rearview_stage.load_artifacts``), and a configuration at exactly this value leaves the
+field out of the version hash (:func:`versioned_fields`), so a version trained before the
+field existed keeps its id and is reused rather than retrained."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class RearViewConfig:
     ``ensemble_size``: refinement members (encoder + classifier) averaged into the refined
     score (:func:`ensemble_refined`); 5 was fixed before any dev measurement of it, as a
     cost/variance compromise (refinement costs K times one member).
+    ``burst_window_ms``: half-width of the time window of the burst counts added to each
+    session-graph edge (``pipeline.rearview_bursts``); 0 = off (the session graph counts
+    a host's flows over the whole FIFO window only).
     """
 
     queue_size: int = 2000
@@ -65,6 +74,7 @@ class RearViewConfig:
     decision_rule: str = "calibrated"
     false_alarm_rate: float = 0.005
     novelty_prior: bool = False
+    burst_window_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.decision_rule not in DECISION_RULES:
@@ -80,4 +90,13 @@ class RearViewConfig:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.threshold_quantile <= 1.0:
             raise ValueError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
+        if self.burst_window_ms < 0:
+            raise ValueError(f"burst_window_ms must be >= 0, got {self.burst_window_ms}")
         eviction_count(self.queue_size, self.evict_fraction)
+
+
+def versioned_fields(fields: dict) -> dict:
+    """``RearViewConfig`` fields as hashed into a model version: ``fields`` without the
+    :data:`FIELDS_ADDED_LATER` entries that hold their before-the-field value."""
+    return {name: value for name, value in fields.items()
+            if not (name in FIELDS_ADDED_LATER and value == FIELDS_ADDED_LATER[name])}

@@ -83,7 +83,8 @@ from models.rearview_training import (
     embed_edges, screen_flows, session_graph, train_cvae, train_edge_dgi,
 )
 from pipeline import features, model_store, schema
-from pipeline.rearview_config import DECISION_RULES, RearViewConfig  # noqa: F401 (re-exported)
+from pipeline.rearview_bursts import burst_counts
+from pipeline.rearview_config import DECISION_RULES, FIELDS_ADDED_LATER, RearViewConfig  # noqa: F401 (re-exported)
 from pipeline.rearview_scoring import DEFAULT_FLOWS_PER_TASK, FLOW_COLUMNS, score_rearview  # noqa: F401 (re-exported)
 from pipeline.rearview_windows import eviction_count, home_window, window_bounds, window_count
 
@@ -505,16 +506,30 @@ def triggered_windows(probability: np.ndarray, queue_size: int, evict: int, susp
 
 
 # -------------------------------------------------------------- training (worker)
-def stream_windows(src, dst, edges, p, queue_size: int, evict: int, bounds: np.ndarray | None = None) -> list:
+def stream_windows(src, dst, edges, p, queue_size: int, evict: int, bounds: np.ndarray | None = None,
+                   times_ms: np.ndarray | None = None, service: np.ndarray | None = None,
+                   burst_window_ms: int = 0) -> list:
     """``[(start, stop, SessionGraph)]`` of a flow stream's FIFO windows, built once and
     embedded by every ensemble member (the graphs do not depend on the encoder).
 
-    ``bounds``: ``[W, 2]`` flow ranges into the arrays (default: every window of the
-    stream, :func:`window_bounds`; a scoring task passes its span's windows).
+    ``src``, ``dst``: ``[N]`` initiator and responder labels; ``edges``: ``[N, D]``
+    (:func:`edge_features`); ``p``: ``[N]`` screening probability. ``bounds``: ``[W, 2]``
+    flow ranges into the arrays (default: every window of the stream,
+    :func:`window_bounds`; a scoring task passes its span's windows). With
+    ``burst_window_ms > 0`` each window's edge features gain the ``[E, 3]`` burst counts
+    of its own flows (``pipeline.rearview_bursts``; ``times_ms [N]`` start times,
+    ``service [N]`` triplet labels), so every graph has ``D + 3`` edge features.
     """
     if bounds is None:
         bounds = window_bounds(len(src), queue_size, evict)
-    return [(start, stop, session_graph(src[start:stop], dst[start:stop], edges[start:stop], p[start:stop]))
+
+    def window_edges(start: int, stop: int) -> np.ndarray:
+        if burst_window_ms <= 0:
+            return edges[start:stop]
+        bursts = burst_counts(times_ms[start:stop], src[start:stop], service[start:stop], burst_window_ms)
+        return np.hstack([edges[start:stop], bursts])
+
+    return [(start, stop, session_graph(src[start:stop], dst[start:stop], window_edges(start, stop), p[start:stop]))
             for start, stop in bounds]
 
 
@@ -541,7 +556,8 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
 
     ``inputs_path``: ``.npz`` (no pickle) with ``features [N, F]``, ``condition [N]``,
     ``is_train [N]``, ``night [N]``, ``src_vertex [N]``, ``dst_vertex [N]``, ``cell [N]``
-    (fallback cell), ``novel [N]`` (:func:`cross_night_novelty`), rows in replay order per
+    (fallback cell), ``novel [N]`` (:func:`cross_night_novelty`), ``first_seen_ms [N]``,
+    ``service [N]`` (triplet ids, for the burst counts), rows in replay order per
     night. Writes ``vae``/``kde``/``sage``/``classifier_training``/``calibration``
     safetensors into ``out_dir``; returns JSON-able metrics with the calibrated threshold. Only rank 0
     trains (the data of a few nights fits one device); other ranks return ``None``.
@@ -559,6 +575,7 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
         is_train, night = data["is_train"], data["night"]
         src, dst = data["src_vertex"], data["dst_vertex"]
         cell, novel = data["cell"], data["novel"]
+        times, service = data["first_seen_ms"], data["service"]
     out = Path(out_dir)
     seed = params["seed"]
     vae, vae_history = train_cvae(
@@ -579,17 +596,22 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
 
     queue, evict = params["queue_size"], params["evict"]
     edges = edge_features(mu, novel)
+
+    def windows_of(rows: np.ndarray) -> list:
+        return stream_windows(src[rows], dst[rows], edges[rows], p[rows], queue, evict, times_ms=times[rows],
+                              service=service[rows], burst_window_ms=params["burst_window_ms"])
+
     graphs = []
     for n in np.unique(night):
-        rows = np.flatnonzero((night == n) & is_train)
-        graphs += [g for _, _, g in stream_windows(src[rows], dst[rows], edges[rows], p[rows], queue, evict)]
+        graphs += [g for _, _, g in windows_of(np.flatnonzero((night == n) & is_train))]
     night_rows = [np.flatnonzero(night == n) for n in np.unique(night)]
-    night_windows = [stream_windows(src[rows], dst[rows], edges[rows], p[rows], queue, evict) for rows in night_rows]
+    night_windows = [windows_of(rows) for rows in night_rows]
     validation = ~is_train
     members, sage_state, train_embeddings, validation_embeddings, dgi_history = [], {}, {}, [], []
     for k in range(params["ensemble_size"]):
         encoder, history = train_edge_dgi(
-            graphs, edges.shape[1], epochs=params["sage_epochs"], learning_rate=params["sage_learning_rate"],
+            graphs, graphs[0].edge_attr.shape[1], epochs=params["sage_epochs"],
+            learning_rate=params["sage_learning_rate"],
             seed=member_seed(seed, k), device=device,
         )
         z = np.zeros((len(x), encoder.out_dim), dtype=np.float32)
@@ -684,6 +706,8 @@ def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path)
             condition=assign_conditions(vocab, flows), is_train=is_train, night=night,
             src_vertex=vertices[:len(flows)].astype(np.int64), dst_vertex=vertices[len(flows):].astype(np.int64),
             cell=fallback_cells(vocab, flows, novel), novel=novel,
+            first_seen_ms=flows["first_seen_ms"].to_numpy(dtype=np.int64),
+            service=pd.factorize(triplet_keys(flows))[0].astype(np.int64),
         )
         log.info("RearView training: %d flows (%d train, %d validation), %d conditions",
                  len(flows), is_train.sum(), (~is_train).sum(), vocab["num_conditions"])
@@ -729,7 +753,7 @@ def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
     missing = [name for name in ARTIFACT_FILES if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"RearView artifact {path} lacks {missing}")
-    config = RearViewConfig(**model_store.load_json(path / "config.json"))
+    config = RearViewConfig(**{**FIELDS_ADDED_LATER, **model_store.load_json(path / "config.json")})
     vocab = model_store.load_json(path / "conditions.json")
     detector = model_store.load_json(path / "detector.json")
     vae = ConditionalVAE(detector["num_features"], vocab["num_conditions"])
@@ -827,7 +851,9 @@ def score_window_span(flows: pd.DataFrame, art: RearViewArtifacts, num_flows: in
     _, p, mu = screen(flows, art)
     edges = edge_features(mu, unseen_triplets(art.seen_triplets, flows))
     windows = stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                             config.queue_size, evict, bounds=local_bounds)
+                             config.queue_size, evict, bounds=local_bounds,
+                             times_ms=flows["first_seen_ms"].to_numpy(dtype=np.int64),
+                             service=triplet_keys(flows).to_numpy(), burst_window_ms=config.burst_window_ms)
     refined = ensemble_refined(art.members, [
         embed_windows(windows, len(flows), member.encoder, config.queue_size, evict, home=home)[mine]
         for member in art.members])

@@ -5,7 +5,9 @@ import dataclasses
 
 from jobs.config import config_as_dict
 from pipeline.graph import GraphConfig
+from pipeline import model_store
 from pipeline.partition import PartitionConfig
+from pipeline.rearview_config import RearViewConfig
 
 
 def test_execution_only_settings_do_not_enter_the_model_version():
@@ -18,3 +20,22 @@ def test_execution_only_settings_do_not_enter_the_model_version():
 def test_task_sizes_do_not_enter_the_model_version():
     assert config_as_dict(dataclasses.replace(PartitionConfig(), flows_per_leiden_task=1)) == config_as_dict(PartitionConfig())
     assert config_as_dict(dataclasses.replace(GraphConfig(), incidences_per_task=1)) == config_as_dict(GraphConfig())
+
+
+def test_a_rearview_setting_added_later_at_its_old_value_keeps_existing_version_ids():
+    from jobs.config import dataclass_of
+    from jobs.rearview import TrainRearViewTask, rearview
+    from pipeline.rearview_config import FIELDS_ADDED_LATER, versioned_fields
+
+    fields = config_as_dict(RearViewConfig())["RearViewConfig"]
+    assert set(FIELDS_ADDED_LATER) <= set(fields)
+    assert not set(FIELDS_ADDED_LATER) & set(versioned_fields(fields))
+    assert versioned_fields({**fields, "burst_window_ms": 10_000})["burst_window_ms"] == 10_000
+    # the version a configuration without the field (before it existed) was given
+    task = TrainRearViewTask.__new__(TrainRearViewTask)
+    assert rearview().burst_window_ms == 0
+    before = config_as_dict(dataclass_of(rearview()))
+    before["RearViewConfig"] = {k: v for k, v in before["RearViewConfig"].items() if k not in FIELDS_ADDED_LATER}
+    dates = ["2026-01-01", "2026-01-02"]
+    assert model_store.model_version("rearview", dates, task.config_dict()) == model_store.model_version(
+        "rearview", dates, before)

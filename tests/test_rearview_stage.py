@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,42 @@ def test_distributed_scoring_equals_single_process_across_partition_boundaries(s
     # its reconstruction error lies beyond every training error: the recon CDF (weight 0.9) is 1
     assert local.loc[absurd, "screening_probability"].item() >= 0.9
     assert local["is_anomaly"].mean() < 0.2
+
+
+@pytest.fixture(scope="module")
+def bursty_artifact(spark, tmp_path_factory):
+    night_one = _synthetic_flows(900, seed=1)
+    night_one["date"] = "2026-01-01"
+    night_two = _synthetic_flows(900, seed=2, start_ms=1_767_312_000_000)
+    night_two["date"] = "2026-01-02"
+    config = rv.RearViewConfig(queue_size=200, vae_epochs=2, vae_batch_size=64, sage_epochs=3,
+                               min_triplet_sessions=30, ensemble_size=1, burst_window_ms=10_000)
+    out = tmp_path_factory.mktemp("rearview_bursty_artifact")
+    rv.train_rearview(spark, spark.createDataFrame(pd.concat([night_one, night_two])), config, out)
+    return out
+
+
+def test_with_burst_counts_distributed_scoring_still_equals_single_process(spark, bursty_artifact):
+    # burst counts use only a window's own flows, so overlapping partitions still see the same graphs
+    night = _synthetic_flows(700, seed=7)
+    local = rv.score_flows_local(night, bursty_artifact)
+    frame = spark.createDataFrame(night.sample(frac=1.0, random_state=0)).repartition(3)
+    distributed = rv.order_flows(rv.score_rearview(spark, frame, bursty_artifact, "test-version",
+                                                   flows_per_task=160).toPandas())
+    assert rv.load_artifacts(str(bursty_artifact)).config.burst_window_ms == 10_000
+    for column in ("screening_probability", "refined_score", "score"):
+        np.testing.assert_allclose(distributed[column], local[column], rtol=1e-5, atol=1e-6, err_msg=column)
+    assert distributed["is_anomaly"].tolist() == local["is_anomaly"].tolist()
+
+
+def test_an_artifact_written_before_burst_counts_existed_loads_with_them_off(trained_artifact, tmp_path):
+    out, _ = trained_artifact
+    old = tmp_path / "old_artifact"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["burst_window_ms"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert rv.load_artifacts(str(old)).config.burst_window_ms == 0
 
 
 def test_reloading_the_artifact_rebuilds_the_same_classifier(trained_artifact):
