@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/labels.csv")
     parser.add_argument("--train-dates", default="2026-01-01,2026-01-02")
     parser.add_argument("--test-date", default="2026-01-03")
-    parser.add_argument("--config", default="{}", help="JSON overrides of RearViewConfig")
+    parser.add_argument("--config", default="{}", help="JSON overrides of RearViewConfig (both modes)")
     parser.add_argument("--keep", type=Path, help="with --evaluate-dev: keep artifact + scored flows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -216,7 +216,8 @@ def main() -> None:
     from pipeline.rearview_windows import eviction_count
     from pipeline.spark import get_spark
 
-    config = rv.RearViewConfig(vae_epochs=3, sage_epochs=5, device=args.device)
+    config = rv.RearViewConfig(**{"vae_epochs": 3, "sage_epochs": 5, "device": args.device,
+                                  **json.loads(args.config)})
     with tempfile.TemporaryDirectory(prefix="bench-rearview-") as tmp:
         spark = get_spark(Path(tmp) / "spark", overrides={"spark.master": "local[2]"})
         train = synthetic_flows(args.train_flows, seed=1)
@@ -236,7 +237,9 @@ def main() -> None:
         edges = rv.edge_features(mu, rv.unseen_triplets(art.seen_triplets, flows))
         evict = eviction_count(config.queue_size, config.evict_fraction)
         windows = rv.stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                                    config.queue_size, evict)
+                                    config.queue_size, evict, times_ms=flows["first_seen_ms"].to_numpy(),
+                                    service=rv.triplet_keys(flows).to_numpy(),
+                                    burst_window_ms=art.config.burst_window_ms)
         rv.ensemble_refined(art.members, [
             rv.embed_windows(windows, len(flows), member.encoder, config.queue_size, evict)
             for member in art.members])
