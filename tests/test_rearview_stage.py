@@ -238,16 +238,20 @@ def test_config_rejects_unknown_classifier():
         rv.RearViewConfig(classifier="svm")
 
 
-@pytest.fixture(scope="module")
-def trained_artifact(spark, tmp_path_factory):
+def _two_training_nights() -> pd.DataFrame:
     night_one = _synthetic_flows(900, seed=1)
     night_one["date"] = "2026-01-01"
     night_two = _synthetic_flows(900, seed=2, start_ms=1_767_312_000_000)
     night_two["date"] = "2026-01-02"
+    return pd.concat([night_one, night_two])
+
+
+@pytest.fixture(scope="module")
+def trained_artifact(spark, tmp_path_factory):
     config = rv.RearViewConfig(queue_size=200, vae_epochs=2, vae_batch_size=64, sage_epochs=3,
                                min_triplet_sessions=30)
     out = tmp_path_factory.mktemp("rearview_artifact")
-    metrics = rv.train_rearview(spark, spark.createDataFrame(pd.concat([night_one, night_two])), config, out)
+    metrics = rv.train_rearview(spark, spark.createDataFrame(_two_training_nights()), config, out)
     return out, metrics
 
 
@@ -286,14 +290,10 @@ def test_distributed_scoring_equals_single_process_across_partition_boundaries(s
 
 @pytest.fixture(scope="module")
 def bursty_artifact(spark, tmp_path_factory):
-    night_one = _synthetic_flows(900, seed=1)
-    night_one["date"] = "2026-01-01"
-    night_two = _synthetic_flows(900, seed=2, start_ms=1_767_312_000_000)
-    night_two["date"] = "2026-01-02"
     config = rv.RearViewConfig(queue_size=200, vae_epochs=2, vae_batch_size=64, sage_epochs=3,
                                min_triplet_sessions=30, ensemble_size=1, burst_window_ms=10_000)
     out = tmp_path_factory.mktemp("rearview_bursty_artifact")
-    rv.train_rearview(spark, spark.createDataFrame(pd.concat([night_one, night_two])), config, out)
+    rv.train_rearview(spark, spark.createDataFrame(_two_training_nights()), config, out)
     return out
 
 
