@@ -237,9 +237,7 @@ def main() -> None:
         edges = rv.edge_features(mu, rv.unseen_triplets(art.seen_triplets, flows))
         evict = eviction_count(config.queue_size, config.evict_fraction)
         windows = rv.stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                                    config.queue_size, evict, times_ms=flows["first_seen_ms"].to_numpy(),
-                                    service=rv.triplet_keys(flows).to_numpy(),
-                                    burst_window_ms=art.config.burst_window_ms)
+                                    config.queue_size, evict, **rv.burst_inputs(flows, art.config))
         rv.ensemble_refined(art.members, [
             rv.embed_windows(windows, len(flows), member.encoder, config.queue_size, evict)
             for member in art.members])

@@ -127,8 +127,14 @@ def config_as_dict(*configs) -> dict:
     """JSON-able dict of several stage dataclasses, keyed by their class names.
 
     Fields marked ``metadata={"execution_only": True}`` (how a result is computed, not
-    what it is) are left out, so changing them does not give a new model version.
+    what it is) are left out, so changing them does not give a new model version. A field
+    marked ``metadata={"added_later": v}`` (added after versions existed, which were built
+    as if it held ``v``) is left out while it holds ``v``, so those versions keep their ids.
     """
     return {type(c).__name__: {f.name: getattr(c, f.name) for f in dataclasses.fields(c)
-                               if not f.metadata.get("execution_only")}
+                               if not f.metadata.get("execution_only") and not _at_added_later_value(c, f)}
             for c in configs}
+
+
+def _at_added_later_value(config, field: dataclasses.Field) -> bool:
+    return "added_later" in field.metadata and getattr(config, field.name) == field.metadata["added_later"]

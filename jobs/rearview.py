@@ -6,7 +6,7 @@ import datetime as dt
 from jobs.config import config_as_dict, config_class, dataclass_of
 from jobs.ingest import ExtractFlowsTask
 from jobs.modeling import ScoreModelTask, TrainModelTask
-from pipeline.rearview_config import RearViewConfig, versioned_fields
+from pipeline.rearview_config import RearViewConfig
 
 rearview = config_class("rearview", RearViewConfig)
 
@@ -18,8 +18,7 @@ class TrainRearViewTask(TrainModelTask):
         return [ExtractFlowsTask(date=dt.date.fromisoformat(d), **self.night()) for d in self.train_dates()]
 
     def config_dict(self) -> dict:
-        config = config_as_dict(dataclass_of(rearview()))
-        return {**config, "RearViewConfig": versioned_fields(config["RearViewConfig"])}
+        return config_as_dict(dataclass_of(rearview()))
 
     def train(self, spark, dates, out_dir):
         from pyspark.sql import functions as F

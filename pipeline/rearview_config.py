@@ -7,17 +7,11 @@ parameters, model versions) does not import torch and PyTorch Geometric (~8 s pe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from pipeline.rearview_windows import eviction_count
 
 DECISION_RULES = ("paper", "calibrated", "fused")
-FIELDS_ADDED_LATER = {"burst_window_ms": 0}
-"""Fields added after RearView versions existed, with the value those versions were
-trained with. An artifact whose ``config.json`` lacks one reads it as this value
-(``rearview_stage.load_artifacts``), and a configuration at exactly this value leaves the
-field out of the version hash (:func:`versioned_fields`), so a version trained before the
-field existed keeps its id and is reused rather than retrained."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ class RearViewConfig:
     decision_rule: str = "calibrated"
     false_alarm_rate: float = 0.005
     novelty_prior: bool = False
-    burst_window_ms: int = 0
+    burst_window_ms: int = field(default=0, metadata={"added_later": 0})
 
     def __post_init__(self) -> None:
         if self.decision_rule not in DECISION_RULES:
@@ -95,8 +89,8 @@ class RearViewConfig:
         eviction_count(self.queue_size, self.evict_fraction)
 
 
-def versioned_fields(fields: dict) -> dict:
-    """``RearViewConfig`` fields as hashed into a model version: ``fields`` without the
-    :data:`FIELDS_ADDED_LATER` entries that hold their before-the-field value."""
-    return {name: value for name, value in fields.items()
-            if not (name in FIELDS_ADDED_LATER and value == FIELDS_ADDED_LATER[name])}
+FIELDS_ADDED_LATER = {f.name: f.metadata["added_later"] for f in fields(RearViewConfig) if "added_later" in f.metadata}
+"""Fields added after RearView versions existed, with the value those versions were
+trained with (``metadata={"added_later": v}``). An artifact whose ``config.json`` lacks
+one reads it as this value (``rearview_stage.load_artifacts``); ``jobs.config.config_as_dict``
+leaves a field at this value out of the version hash, so those versions keep their ids."""

@@ -83,7 +83,7 @@ from models.rearview_training import (
     embed_edges, screen_flows, session_graph, train_cvae, train_edge_dgi,
 )
 from pipeline import features, model_store, schema
-from pipeline.rearview_bursts import burst_counts
+from pipeline.rearview_bursts import NUM_BURST_FEATURES, burst_counts
 from pipeline.rearview_config import DECISION_RULES, FIELDS_ADDED_LATER, RearViewConfig  # noqa: F401 (re-exported)
 from pipeline.rearview_scoring import DEFAULT_FLOWS_PER_TASK, FLOW_COLUMNS, score_rearview  # noqa: F401 (re-exported)
 from pipeline.rearview_windows import eviction_count, home_window, window_bounds, window_count
@@ -505,6 +505,15 @@ def triggered_windows(probability: np.ndarray, queue_size: int, evict: int, susp
     return window_flag[np.where((home >= 0) & (home < len(bounds)), home, len(bounds))]
 
 
+def burst_inputs(flows: pd.DataFrame, config: RearViewConfig) -> dict:
+    """:func:`stream_windows`' burst arguments for ``flows`` (replay order): empty when
+    burst counts are off, so the default path builds no triplet keys for them."""
+    if config.burst_window_ms <= 0:
+        return {}
+    return {"times_ms": flows["first_seen_ms"].to_numpy(dtype=np.int64),
+            "service": triplet_keys(flows).to_numpy(), "burst_window_ms": config.burst_window_ms}
+
+
 # -------------------------------------------------------------- training (worker)
 def stream_windows(src, dst, edges, p, queue_size: int, evict: int, bounds: np.ndarray | None = None,
                    times_ms: np.ndarray | None = None, service: np.ndarray | None = None,
@@ -610,8 +619,8 @@ def train_rearview_worker(inputs_path: str, out_dir: str, params: dict) -> dict 
     members, sage_state, train_embeddings, validation_embeddings, dgi_history = [], {}, {}, [], []
     for k in range(params["ensemble_size"]):
         encoder, history = train_edge_dgi(
-            graphs, graphs[0].edge_attr.shape[1], epochs=params["sage_epochs"],
-            learning_rate=params["sage_learning_rate"],
+            graphs, edges.shape[1] + (NUM_BURST_FEATURES if params["burst_window_ms"] > 0 else 0),
+            epochs=params["sage_epochs"], learning_rate=params["sage_learning_rate"],
             seed=member_seed(seed, k), device=device,
         )
         z = np.zeros((len(x), encoder.out_dim), dtype=np.float32)
@@ -689,7 +698,8 @@ def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path)
     normalisation = features.fit_normalisation(flows[is_train])
     vocab = build_condition_vocabulary(flows[is_train], config.min_triplet_sessions)
     seen_triplets = sorted(triplet_keys(flows[is_train]).unique().tolist())
-    novel = cross_night_novelty(triplet_keys(flows), night, is_train)
+    triplets = triplet_keys(flows)
+    novel = cross_night_novelty(triplets, night, is_train)
     vertices, _ = pd.factorize(pd.concat([flows["src_ip"], flows["dst_ip"]], ignore_index=True))
     params = {
         **dataclasses.asdict(config),
@@ -707,7 +717,7 @@ def train_rearview(spark, train_flows_df, config: RearViewConfig, out_dir: Path)
             src_vertex=vertices[:len(flows)].astype(np.int64), dst_vertex=vertices[len(flows):].astype(np.int64),
             cell=fallback_cells(vocab, flows, novel), novel=novel,
             first_seen_ms=flows["first_seen_ms"].to_numpy(dtype=np.int64),
-            service=pd.factorize(triplet_keys(flows))[0].astype(np.int64),
+            service=pd.factorize(triplets)[0].astype(np.int64),
         )
         log.info("RearView training: %d flows (%d train, %d validation), %d conditions",
                  len(flows), is_train.sum(), (~is_train).sum(), vocab["num_conditions"])
@@ -851,9 +861,7 @@ def score_window_span(flows: pd.DataFrame, art: RearViewArtifacts, num_flows: in
     _, p, mu = screen(flows, art)
     edges = edge_features(mu, unseen_triplets(art.seen_triplets, flows))
     windows = stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                             config.queue_size, evict, bounds=local_bounds,
-                             times_ms=flows["first_seen_ms"].to_numpy(dtype=np.int64),
-                             service=triplet_keys(flows).to_numpy(), burst_window_ms=config.burst_window_ms)
+                             config.queue_size, evict, bounds=local_bounds, **burst_inputs(flows, config))
     refined = ensemble_refined(art.members, [
         embed_windows(windows, len(flows), member.encoder, config.queue_size, evict, home=home)[mine]
         for member in art.members])
