@@ -10,6 +10,13 @@ metastore (``hive.metastore.uris`` in ``conf/spark.conf``).
 ``flow_scores_latest`` is a view over ``flow_scores`` that keeps, per night and model,
 only the greatest ``model_version`` (versions start with their last training night, so
 this is the newest model); every version stays queryable in ``flow_scores``.
+``incidents_latest`` does the same for ``incidents`` (the newest verdict version per night).
+``relationships`` is a view over ``relationship_nights``: per (kind, entity) its first and
+last night, nights seen and flows over every published night (``pipeline.relationships``).
+
+Tables created by older code keep working: ``ensure_database`` adds every schema column
+an existing table lacks (``ALTER TABLE ... ADD COLUMNS``); its old partitions read the new
+columns as null.
 """
 from __future__ import annotations
 
@@ -18,12 +25,12 @@ import os
 import re
 from pathlib import Path
 
-from pipeline import schema, warehouse
+from pipeline import relationships, schema, warehouse
 
 log = logging.getLogger(__name__)
 
 PUBLISHED_TABLES = ("flows", "ingest_stats", "ingest_errors", "graph_vertices", "graph_edges",
-                    "atoms", "flow_scores")
+                    "atoms", "flow_scores", "relationship_nights", "incidents")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -51,18 +58,46 @@ def table_ddl(database: str, table: str, location: Path) -> str:
     )
 
 
+def missing_columns_ddl(spark, database: str, table: str) -> str | None:
+    """``ALTER TABLE ... ADD COLUMNS`` for the schema columns the existing metastore table
+    lacks (created by older code), in schema order; ``None`` when it has them all."""
+    name = f"{_quote_identifier(database)}.{_quote_identifier(table)}"
+    existing = {column.lower() for column in spark.table(name).columns}
+    missing = [f"`{f.name}` {f.dataType.simpleString()}" for f in schema.spark_schema(table).fields
+               if f.name.lower() not in existing]
+    if not missing:
+        return None
+    return f"ALTER TABLE {name} ADD COLUMNS ({', '.join(missing)})"
+
+
 def ensure_database(spark, database: str, warehouse_root: Path) -> None:
-    """Create the database, every table and the ``flow_scores_latest`` view when missing."""
+    """Create the database, every table and the views when missing; add to a table created
+    by older code the columns its schema gained since (before the views are rebuilt)."""
     db = _quote_identifier(database)
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {db} LOCATION {_quote_literal(str(Path(warehouse_root) / 'sql' / database))}")
     for table in PUBLISHED_TABLES:
         spark.sql(table_ddl(database, table, Path(warehouse_root).resolve() / table))
+        upgrade = missing_columns_ddl(spark, database, table)
+        if upgrade is not None:
+            log.info("metastore table %s.%s gains columns: %s", database, table, upgrade)
+            spark.sql(upgrade)
     spark.sql(
         f"CREATE OR REPLACE VIEW {db}.flow_scores_latest AS "
         f"SELECT s.* FROM {db}.flow_scores s JOIN ("
         f"  SELECT `date`, model, max(model_version) AS model_version FROM {db}.flow_scores "
         f"  GROUP BY `date`, model) newest "
         f"ON s.`date` = newest.`date` AND s.model = newest.model AND s.model_version = newest.model_version"
+    )
+    spark.sql(
+        f"CREATE OR REPLACE VIEW {db}.incidents_latest AS "
+        f"SELECT i.* FROM {db}.incidents i JOIN ("
+        f"  SELECT `date`, max(model_version) AS model_version FROM {db}.incidents GROUP BY `date`) newest "
+        f"ON i.`date` = newest.`date` AND i.model_version = newest.model_version"
+    )
+    aggregates = ", ".join(f"{expression} AS {name}" for name, expression in relationships.SUMMARY_AGGREGATES)
+    spark.sql(
+        f"CREATE OR REPLACE VIEW {db}.relationships AS "
+        f"SELECT kind, entity, {aggregates} FROM {db}.relationship_nights GROUP BY kind, entity"
     )
 
 

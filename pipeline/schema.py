@@ -182,8 +182,53 @@ FLOW_SCORES = pa.schema(
         pa.field("triplet", pa.string()),              # "server_ip|server_port|protocol"
         pa.field("screening_probability", pa.float64()),
         pa.field("refined_score", pa.float64()),
+        pa.field("screening_prior", pa.string()),      # condition screening used: triplet | port_protocol | protocol | global (rearview)
+        # evidence, verdict (null for a2gnn and rearview rows): each piece's benign tail
+        # probability (pipeline.verdict); null = that evidence was lacking for the flow
+        pa.field("p_history", pa.float64()),           # the flow's relationship pattern as of its night
+        pa.field("p_volume", pa.float64()),            # flows in its new relationship tonight
+        pa.field("p_a2gnn", pa.float64()),
+        pa.field("p_screening", pa.float64()),
+        pa.field("p_refined", pa.float64()),
+        pa.field("history_pattern", pa.string()),      # e.g. "new_service+new_relationship/in->in"
+        pa.field("evidence", pa.string()),             # pieces that drove the verdict, strongest first; lacked ones
+        pa.field("incident_id", pa.string()),          # null when the flow is not flagged
     ]
 )
+
+# ------------------------------------------------------------ relationship history
+RELATIONSHIP_NIGHTS = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # host | service | host_pair | client_service
+        pa.field("entity", pa.string(), nullable=False),
+        pa.field("flows", pa.int64()),
+        pa.field("first_seen_ms", pa.int64()),
+        pa.field("last_seen_ms", pa.int64()),
+    ]
+)
+"""What each relationship did on one night (partition ``date``): one row per entity seen.
+
+Entities (``pipeline.relationships``): ``host`` = an IP; ``service`` =
+``dst_ip|dst_port|protocol``; ``host_pair`` = ``ip_low|ip_high`` (unordered);
+``client_service`` = ``src_ip>dst_ip|dst_port|protocol``. The ``relationships`` view
+aggregates every night (first / last night seen, nights seen, flows)."""
+
+INCIDENTS = pa.schema(
+    [
+        pa.field("incident_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int64()),                  # 1 = highest score of the night
+        pa.field("hosts", pa.list_(pa.string())),
+        pa.field("services", pa.list_(pa.string())),   # dst_ip|dst_port|protocol of its flagged flows
+        pa.field("first_seen_ms", pa.int64()),
+        pa.field("last_seen_ms", pa.int64()),
+        pa.field("flows", pa.int64()),                 # flows of the night in its groups (flagged or not)
+        pa.field("flagged_flows", pa.int64()),
+        pa.field("score", pa.float64()),               # max verdict score of its flagged flows
+        pa.field("top_evidence", pa.string()),         # evidence pieces that drove it, strongest first
+    ]
+)
+"""Flagged verdict flows grouped into what an analyst triages (``pipeline.verdict.incidents``);
+partition ``date`` and ``model_version`` (the verdict's), like ``flow_scores``."""
 
 TABLES: dict[str, pa.Schema] = {
     "flows": FLOWS,
@@ -194,9 +239,12 @@ TABLES: dict[str, pa.Schema] = {
     "graph_fanin_services": GRAPH_FANIN_SERVICES,
     "atoms": ATOMS,
     "flow_scores": FLOW_SCORES,
+    "relationship_nights": RELATIONSHIP_NIGHTS,
+    "incidents": INCIDENTS,
 }
 PARTITION_COLUMNS: dict[str, tuple[str, ...]] = {
-    name: ("date", "model", "model_version") if name == "flow_scores" else ("date",)
+    name: ("date", "model", "model_version") if name == "flow_scores"
+    else ("date", "model_version") if name == "incidents" else ("date",)
     for name in TABLES
 }
 """Directory partitioning of each table. Scores keep one partition per model *version*,
