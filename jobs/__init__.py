@@ -34,10 +34,12 @@ from jobs.graph import BuildGraphTask, FaninHistoryTask, PartitionTask, Signatur
 from jobs.ingest import ExtractFlowsTask  # noqa: E402
 from jobs.publish import PublishTablesTask  # noqa: E402
 from jobs.rearview import ScoreRearViewTask, TrainRearViewTask  # noqa: E402
+from jobs.relationships import RelationshipsTask  # noqa: E402
 from jobs.report import ReportTask  # noqa: E402
+from jobs.verdict import ScoreVerdictTask  # noqa: E402
 
 __all__ = [
     "BackfillTask", "BuildGraphTask", "DetectTask", "ExtractFlowsTask", "FaninHistoryTask", "PartitionTask",
-    "PublishTablesTask", "ReportTask", "ScoreA2GNNTask", "ScoreRearViewTask",
+    "PublishTablesTask", "RelationshipsTask", "ReportTask", "ScoreA2GNNTask", "ScoreRearViewTask", "ScoreVerdictTask",
     "SignatureStatsTask", "TrainA2GNNTask", "TrainRearViewTask",
 ]

@@ -16,7 +16,7 @@ class PublishTablesTask(ScoredNightTask):
     database = luigi.Parameter(config_path={"section": "pipeline", "name": "database"})
 
     def requires(self):
-        return self.score_tasks()
+        return self.scored_tasks()
 
     def output(self):
         return MarkerTarget(str(self.warehouse_path / "_published" / f"date={self.day}"

@@ -15,7 +15,7 @@ class ReportTask(ScoredNightTask):
                              description="labels.csv for evaluation ('' = none)")
 
     def requires(self):
-        return self.score_tasks()
+        return self.scored_tasks()
 
     def report_dir(self):
         return self.warehouse_path / "reports" / f"date={self.day}" / self.versions_tag()
@@ -34,8 +34,9 @@ class ReportTask(ScoredNightTask):
         # reused or pinned version's, not this night's window), all of them when two
         # versions were trained on different windows.
         train = sorted({d for task in self.score_tasks().values() for d in task.model_train_dates()})
+        # the verdict is evaluated like a detector (its rows are in flow_scores, model = verdict)
         self.progress(10, f"evaluating {self.day} (labels: {self.labels or 'none'})")
-        versions = {model: task.resolved_version() for model, task in self.score_tasks().items()}
+        versions = {model: task.resolved_version() for model, task in self.scored_tasks().items()}
         summary = evaluate_night(spark, self.warehouse_path, self.day, train,
                                  Path(self.labels) if self.labels else None, sorted(versions),
                                  versions=versions)

@@ -31,6 +31,17 @@ class ScoredNightTask(TrainingWindowTask):
             for model, version in sorted(self.model_versions.items())
         }
 
+    def verdict_task(self) -> luigi.Task:
+        """The verdict of the night from these detectors' scores (``jobs.verdict``)."""
+        from jobs.verdict import ScoreVerdictTask
+
+        return ScoreVerdictTask(date=self.date, train_days=self.train_days,
+                                model_versions=self.model_versions, **self.night())
+
+    def scored_tasks(self) -> dict[str, luigi.Task]:
+        """Every scorer of the night: the detectors and the verdict built on them."""
+        return {**self.score_tasks(), "verdict": self.verdict_task()}
+
     def versions_tag(self) -> str:
-        """``a2gnn@<version>+rearview@<version>``: names outputs per set of versions."""
-        return "+".join(f"{m}@{t.resolved_version()}" for m, t in self.score_tasks().items())
+        """``a2gnn@<version>+rearview@<version>+verdict@<version>``: names outputs per set of versions."""
+        return "+".join(f"{m}@{t.resolved_version()}" for m, t in self.scored_tasks().items())

@@ -281,8 +281,9 @@ def score_frame(pdf: pd.DataFrame, artifact: dict, model_version: str) -> pd.Dat
     out["atom_density"] = out["atom_density"].astype("float64").fillna(0.0)
     out["nearest_anchor"] = index
     out["anchor_distance"] = distance
-    for column in ("triplet", "screening_probability", "refined_score"):
-        out[column] = None
+    for column in columns:  # RearView's and the verdict's evidence: null on A2GNN rows
+        if column not in out.columns:
+            out[column] = None
     return out[columns]
 
 

@@ -815,6 +815,9 @@ def _score_rows(flows: pd.DataFrame, p: np.ndarray, refined: np.ndarray, trigger
         "score": score, "threshold": np.full(n, threshold), "is_anomaly": is_anomaly,
         "triplet": triplet_keys(flows).to_numpy(),
         "screening_probability": p, "refined_score": refined,
+        # which condition screening judged the flow under: "triplet" when its own
+        # server triplet had a trained condition, else the pooled fallback it fell to
+        "screening_prior": np.asarray(CONDITION_LEVELS, dtype=object)[condition_levels(art.vocab, flows)],
     })
     return _conform_scores(out)
 

@@ -172,7 +172,7 @@ def _readme_queries() -> list[str]:
     from tests.pipeline_runs import REPO_ROOT
 
     text = (REPO_ROOT / "README.md").read_text()
-    block = text.split("Three queries analysts run", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    block = text.split("queries analysts run", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
     return [q.strip() for q in block.split(";") if q.strip()]
 
 
@@ -192,10 +192,15 @@ def test_readme_analyst_queries_run_on_published_tables(detected, spark, tmp_pat
         + "#close\t2026-01-04-00-00-00\n"
     )
     read_zeek_log(spark, conn_log).createOrReplaceTempView("zeek_conn")
-    top, atoms, joined = (spark.sql(q).collect() for q in _readme_queries())
+    incidents, incident_flows, top, atoms, joined, first_seen = (spark.sql(q).collect() for q in _readme_queries())
+    assert [row.rank for row in incidents] == list(range(1, len(incidents) + 1))
+    assert all(row.flagged_flows >= 1 and row.hosts and row.top_evidence for row in incidents)
+    if incidents and incidents[0].incident_id == "2026-01-03-0001":
+        assert incident_flows and all(row.evidence for row in incident_flows)
     assert all(row.score >= row.threshold for row in top)
     assert all(row.anomalous >= 1 and row.hosts for row in atoms)
     assert {row.uid for row in joined if row.model == "a2gnn"} == {f"C{i}" for i in range(len(known))}
+    assert first_seen and {row.kind for row in first_seen} <= {"host", "service", "host_pair", "client_service"}
 
 
 def test_backfill_asks_for_every_archived_night_in_range_and_skips_missing_ones(tmp_path):

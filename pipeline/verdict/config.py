@@ -1,0 +1,55 @@
+"""The verdict's settings (``[verdict]`` in ``conf/luigi.cfg``)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+SCREENING_UNSEEN = ("no_prior", "port_fallback", "fallback")
+THRESHOLD_RULES = ("validation", "night_null", "night_null_validation_shape")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerdictConfig:
+    """How evidence is calibrated, combined, thresholded and grouped into incidents.
+
+    ``false_alarm_budget``: the largest share of benign flows the verdict may flag. The
+    threshold is the combined tail probability at that quantile of the benign validation
+    flows (the training window's nights scored like a test night), and never looser than
+    the budget itself.
+    ``local_networks``: comma-separated CIDR prefixes of the monitored site (Zeek's
+    ``Site::local_nets``); a flow's direction (in->in, in->out, out->in, out->out) is part
+    of its relationship pattern.
+    ``pattern_pseudocount``: added to every pattern's benign count (Laplace smoothing), so
+    a pattern never seen on the validation nights has a small, finite probability.
+    ``screening_unseen_triplets``: what RearView's screening contributes for a flow whose
+    server triplet had no trained condition (``screening_prior`` not ``triplet``):
+    ``no_prior`` leaves it out (novelty enters through the history instead);
+    ``port_fallback`` keeps it when the flow fell back to its ``(port, protocol)``
+    condition (the application's usual shape, e.g. DNS to any resolver) and leaves it out
+    below that (protocol-only or global pools say nothing about the application);
+    ``fallback`` keeps every fallback condition's probability.
+    ``threshold_rule``: ``validation``, ``night_null`` or ``night_null_validation_shape``
+    (:mod:`pipeline.verdict.combine`); ``min_night_flows``: below this a night rule falls
+    back to ``validation``.
+    ``incident_gap_s``: flagged flows of one host pair (or one service) closer than this
+    in time belong to one incident; flagged flows of one multi-flow A2GNN atom always do.
+    """
+
+    false_alarm_budget: float = 0.01
+    local_networks: str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
+    pattern_pseudocount: float = 0.5
+    screening_unseen_triplets: str = "no_prior"
+    incident_gap_s: float = 300.0
+    threshold_rule: str = "night_null"
+    min_night_flows: int = 200
+
+    def __post_init__(self):
+        if not 0.0 < self.false_alarm_budget < 1.0:
+            raise ValueError(f"false_alarm_budget must be in (0, 1), got {self.false_alarm_budget}")
+        if self.screening_unseen_triplets not in SCREENING_UNSEEN:
+            raise ValueError(f"screening_unseen_triplets must be one of {SCREENING_UNSEEN}, "
+                             f"got {self.screening_unseen_triplets!r}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {self.threshold_rule!r}")
+        if self.pattern_pseudocount <= 0:
+            raise ValueError("pattern_pseudocount must be > 0")
