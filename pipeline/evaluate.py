@@ -9,6 +9,10 @@ and of the training nights, ``flow_scores`` of the night per model, and ``ingest
 / ``ingest_errors`` for volumes. The baselines (``pipeline.baselines``) are fitted on the
 training nights' flows, never on labels. A model whose scores partition is missing is
 reported as unavailable, not as an error: the nightly report must still be written.
+
+When ``verdict`` is among the models, its ``incidents`` partition is evaluated too
+(``summary["incidents"]``): with labels, each attack (labels row) caught by an incident or
+missed, and the incidents holding no attack flow; without, the incident list.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import pandas as pd
 from pipeline import metrics, night_aggregates
 from pipeline.baselines import BASELINE_NAMES, TRIPLET_COLUMNS, BaselinesConfig, fit_baselines
 from pipeline.features import FEATURE_COLUMNS
-from pipeline.labels import BENIGN, label_flows, read_labels
+from pipeline.labels import BENIGN, LabelRule, _in_network, label_flows, read_labels
 from pipeline.warehouse import SUCCESS_MARKER, complete_partitions, read_partition
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ FLOW_COLUMNS = (
 KEY_COLUMNS = FLOW_COLUMNS[:9] + ("bidirectional_packets",)
 """What the evaluation needs of a night when no feature-based baseline runs."""
 FEATURE_BASELINES = ("isolation_forest", "knn_distance")
+VERDICT = "verdict"
+"""The model whose flagged flows are grouped into ``incidents`` (``pipeline.verdict``)."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,12 @@ class EvaluationConfig:
     in training" is evidence an analyst can act on, and it costs a set lookup, whereas
     the Isolation Forest and kNN scores are yardsticks for the models that mean nothing
     without labels, and the kNN query was the report's largest cost (14 s of a 1 GB
-    night's 20 s, docs/benchmarks.md).
+    night's 20 s, docs/benchmarks.md). ``top_incidents``: incidents listed in the summary
+    (the report reads the whole ``incidents`` table itself).
     """
 
     seed: int = 0
+    top_incidents: int = 20
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     baselines_without_labels: tuple[str, ...] = ("novelty_lookup",)
     aggregate_in_spark: bool = True
@@ -131,6 +139,69 @@ def night_volumes(spark, warehouse: Path, date: str, totals: dict) -> dict:
     return volumes
 
 
+def matching_label_rows(flows: pd.DataFrame, rules: list[LabelRule]) -> np.ndarray:
+    """``[N]`` index in ``rules`` of the labels row each flow matches, -1 for benign flows.
+
+    The rule of ``pipeline.labels.label_flows`` (one endpoint in ``a``, the other equal to
+    ``b`` or ``b == "*"``, either direction, ``[first_seen, last_seen]`` overlapping
+    ``[start, end]``; the first matching row in file order wins), so
+    ``rules[row].attack`` is the flow's kind wherever ``row >= 0``. ``flows`` needs
+    ``src_ip``, ``dst_ip``, ``first_seen_ms``, ``last_seen_ms``.
+    """
+    rows = np.full(len(flows), -1, dtype=np.int64)
+    first = flows["first_seen_ms"].to_numpy()
+    last = flows["last_seen_ms"].to_numpy()
+    for index, rule in enumerate(rules):
+        src_in_a = _in_network(flows["src_ip"], rule.attacker)
+        dst_in_a = _in_network(flows["dst_ip"], rule.attacker)
+        if rule.victim is None:
+            pair = src_in_a | dst_in_a
+        else:
+            pair = (src_in_a & (flows["dst_ip"] == rule.victim).to_numpy()) | (
+                dst_in_a & (flows["src_ip"] == rule.victim).to_numpy()
+            )
+        hit = pair & (first <= rule.end_ms) & (last >= rule.start_ms) & (rows < 0)
+        rows[hit] = index
+    return rows
+
+
+def read_incidents(spark, warehouse: Path, date: str, version: str) -> pd.DataFrame:
+    """The ``incidents`` of ``date`` found by verdict ``version``, as pandas (a few hundred
+    rows at most). Raises ``FileNotFoundError`` when that partition is missing."""
+    return read_partition(spark, warehouse, "incidents", date=date, model_version=version).toPandas()
+
+
+def incidents_summary(spark, warehouse: Path, date: str, version: str, flows: pd.DataFrame | None = None,
+                      rules: list[LabelRule] | None = None, top: int = 20) -> dict:
+    """``summary["incidents"]``: the night's incidents at verdict ``version``, judged
+    against labels when ``rules`` and ``flows`` (``flow_id`` and ``label_row``,
+    ``matching_label_rows``) are given (``pipeline.metrics.incident_detection``), else
+    listed (``pipeline.metrics.incident_overview``). Adds ``model_version`` and
+    ``available``; ``{"model_version", "available": False, "reason"}`` when the
+    incidents partition is missing.
+    """
+    from pyspark.sql import functions as F
+
+    try:
+        incidents = read_incidents(spark, warehouse, date, version)
+    except FileNotFoundError as error:
+        log.warning("no incidents of verdict %s on %s: %s", version, date, error)
+        return {"model_version": version, "available": False, "reason": str(error)}
+    if rules is None or flows is None:
+        result = metrics.incident_overview(incidents, top)
+    else:
+        verdict = (read_model_scores(spark, warehouse, date, VERDICT, version)
+                   .where(F.col("is_anomaly")).select("flow_id", "is_anomaly", "incident_id").toPandas())
+        result = metrics.incident_detection(flows, verdict, incidents, rules, top)
+    return {"model_version": version, "available": True, **result}
+
+
+def _verdict_version(detectors: dict[str, dict]) -> str | None:
+    """The verdict version the detectors evaluated, ``None`` when it was not scored."""
+    entry = detectors.get(VERDICT) or {}
+    return entry.get("model_version") if entry.get("available") else None
+
+
 def _detector_entry(
     family: str,
     scores: np.ndarray,
@@ -197,7 +268,7 @@ def _model_detectors(spark, warehouse: Path, date: str, models: list[str], versi
 
 
 def _unlabelled_summary(spark, warehouse: Path, date: str, train_dates: list[str], models: list[str],
-                        names: tuple[str, ...], versions: dict[str, str] | None) -> dict:
+                        names: tuple[str, ...], versions: dict[str, str] | None, top: int) -> dict:
     """``evaluate_night``'s summary of a night without labels, from Spark aggregates
     (``pipeline.night_aggregates``): the driver holds no night-sized table."""
     flows = read_partition(spark, warehouse, "flows", date=date)
@@ -214,6 +285,7 @@ def _unlabelled_summary(spark, warehouse: Path, date: str, train_dates: list[str
     if "novelty_lookup" in names and train is not None:
         detectors["novelty_lookup"] = {"family": "baseline", **unlabelled,
                                        **night_aggregates.novelty_entry(flows, train)}
+    version = _verdict_version(detectors)
     return {
         "date": date,
         "train_dates": list(train_dates),
@@ -223,6 +295,7 @@ def _unlabelled_summary(spark, warehouse: Path, date: str, train_dates: list[str
         "volumes": night_volumes(spark, warehouse, date, totals),
         "attack_flows_by_kind": None,
         "detectors": detectors,
+        "incidents": None if version is None else incidents_summary(spark, warehouse, date, version, top=top),
     }
 
 
@@ -244,17 +317,24 @@ def evaluate_night(
     ``metrics``/``per_kind``/``curves`` are ``None`` without labels. ``versions`` pins
     the ``model_version`` evaluated per model; a model not in it is evaluated at its
     newest complete scores partition of the night.
+
+    ``"incidents"``: ``None`` unless ``"verdict"`` is among ``models`` and has scores of
+    the night; then ``incidents_summary`` of the evaluated verdict version (its
+    ``incidents`` partition): with labels, each attack (labels row) caught or not and the
+    benign incidents; without, the incident count and the best ranked.
     """
     warehouse = Path(warehouse)
     names = BASELINE_NAMES if labels_path is not None else tuple(config.baselines_without_labels)
     with_features = bool(set(names) & set(FEATURE_BASELINES))
     if labels_path is None and not with_features and config.aggregate_in_spark:
-        return _unlabelled_summary(spark, warehouse, date, train_dates, models, names, versions)
+        return _unlabelled_summary(spark, warehouse, date, train_dates, models, names, versions,
+                                   config.top_incidents)
     flows = read_flows(spark, warehouse, date, FLOW_COLUMNS if with_features else KEY_COLUMNS)
     log.info("evaluating %s: %d flows", date, len(flows))
-    kinds = None
+    kinds, rules = None, None
     if labels_path is not None:
-        kinds = label_flows(flows, read_labels(labels_path)).to_numpy(dtype=object)
+        rules = read_labels(labels_path)
+        kinds = label_flows(flows, rules).to_numpy(dtype=object)
 
     def entry_of(scores_df) -> dict:
         scores = scores_df.select("flow_id", "score", "threshold", "is_anomaly").toPandas()
@@ -274,6 +354,13 @@ def evaluate_night(
     attack_kinds = None
     if kinds is not None:
         attack_kinds = {str(k): int(v) for k, v in pd.Series(kinds).value_counts().sort_index().items()}
+    incidents = None
+    version = _verdict_version(detectors)
+    if version is not None:
+        labelled = None
+        if rules is not None:
+            labelled = pd.DataFrame({"flow_id": flows["flow_id"], "label_row": matching_label_rows(flows, rules)})
+        incidents = incidents_summary(spark, warehouse, date, version, labelled, rules, config.top_incidents)
     return {
         "date": date,
         "train_dates": list(train_dates),
@@ -283,6 +370,7 @@ def evaluate_night(
         "volumes": night_volumes(spark, warehouse, date, flow_totals(flows)),
         "attack_flows_by_kind": attack_kinds,
         "detectors": detectors,
+        "incidents": incidents,
     }
 
 
@@ -290,26 +378,34 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _utc(ms) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.timezone.utc).strftime("%H:%M:%S")
+
+
 def results_markdown(summary: dict) -> str:
-    """The evaluation table(s) of ``summary`` as GitHub markdown."""
+    """The evaluation table(s) of ``summary`` as GitHub markdown (incidents last, when the
+    verdict was evaluated: ``incidents_markdown``)."""
     lines = [f"Night {summary['date']}, trained on {', '.join(summary['train_dates'])}.", ""]
     labelled = summary.get("attack_flows_by_kind") is not None
     if labelled:
         lines += [
-            "| detector | family | flagged | precision | recall | F1 | ROC AUC | PR AUC |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| detector | family | flagged | precision | recall | F1 | ROC AUC | PR AUC | benign FPR |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
     else:
         lines += ["| detector | family | scored flows | flagged |", "|---|---|---:|---:|"]
     for name, entry in summary["detectors"].items():
         if not entry.get("available"):
-            lines.append(f"| {name} | {entry['family']} | not available |" + " |" * (5 if labelled else 1))
+            lines.append(f"| {name} | {entry['family']} | not available |" + " |" * (6 if labelled else 1))
             continue
         m = entry["metrics"]
         if labelled:
             lines.append(
                 f"| {name} | {entry['family']} | {entry['flagged']} | {_fmt(m['precision'])} | "
-                f"{_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} |"
+                f"{_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} | "
+                f"{_fmt(m.get('false_positive_rate'))} |"
             )
         else:
             lines.append(f"| {name} | {entry['family']} | {entry['scored_flows']} | {entry['flagged']} |")
@@ -331,6 +427,40 @@ def results_markdown(summary: dict) -> str:
                 BENIGN, {"flagged": 0, "false_positive_rate": 0.0})
             benign.append(f"{pk['false_positive_rate']:.3f} ({pk['flagged']})")
         lines.append(f"| benign (false alarms) | {summary['attack_flows_by_kind'].get(BENIGN, 0)} | " + " | ".join(benign) + " |")
+    text = "\n".join(lines) + "\n"
+    if summary.get("incidents") is not None:
+        text += "\n" + incidents_markdown(summary["incidents"])
+    return text
+
+
+def incidents_markdown(incidents: dict) -> str:
+    """``summary["incidents"]`` as markdown: each attack caught or missed and the benign
+    incidents (with labels), else the count and the best-ranked incidents."""
+    version = incidents.get("model_version")
+    if not incidents.get("available"):
+        return f"Incidents (verdict `{version}`): not available ({incidents.get('reason', 'no partition')}).\n"
+    lines = [f"Incidents (verdict `{version}`): {incidents['incidents']} flagged, "
+             f"{incidents['flagged_flows']} flagged flows in them.", ""]
+    if incidents.get("labelled"):
+        lines += [
+            f"Attacks caught: {incidents['attacks_caught']} of {incidents['attacks_total']}; benign incidents: "
+            f"{incidents['benign_incidents']} of {incidents['incidents']}.", "",
+            "| labels.csv line | kind | attacker | victim | attack flows | caught | flows flagged | incidents |",
+            "|---:|---|---|---|---:|---|---:|---|",
+        ]
+        for a in incidents["attacks"]:
+            ids = ", ".join(a["incident_ids"]) or "–"
+            lines.append(f"| {a['row'] + 2} | {a['kind']} | {a['attacker']} | {a['victim']} | {a['attack_flows']} | "
+                         f"{'yes' if a['caught'] else '**missed**'} | {a['flagged_flows']} | {ids} |")
+        return "\n".join(lines) + "\n"
+    if not incidents["top"]:
+        return "\n".join(lines[:1] + ["", "No incident flagged."]) + "\n"
+    lines += ["| rank | incident | score | flagged / flows | hosts | first seen (UTC) | last seen (UTC) | evidence |",
+              "|---:|---|---:|---:|---:|---|---|---|"]
+    for i in incidents["top"]:
+        lines.append(f"| {i['rank']} | {i['incident_id']} | {_fmt(i['score'])} | {i['flagged_flows']} / {i['flows']} | "
+                     f"{i['hosts_total']} | {_utc(i['first_seen_ms'])} | {_utc(i['last_seen_ms'])} | "
+                     f"{i['top_evidence'] or '–'} |")
     return "\n".join(lines) + "\n"
 
 

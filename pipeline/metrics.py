@@ -152,3 +152,135 @@ def score_histograms(
         result["benign"] = np.histogram(values[finite & ~truth], edges)[0].tolist()
         result["attack"] = np.histogram(values[finite & truth], edges)[0].tolist()
     return result
+
+
+# ------------------------------------------------------------------ incident level
+INCIDENT_HOSTS_LISTED = 8
+"""Most hosts of one incident listed in a JSON summary (``hosts_total`` counts them all)."""
+
+
+def _as_list(value) -> list:
+    """A list column's cell (Arrow gives ``ndarray``, pandas may give ``None``) as a list."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [str(v) for v in value]
+
+
+def incident_listing(incidents, top: int = 20) -> list[dict]:
+    """The ``top`` best-ranked incidents of a night as JSON-able dicts.
+
+    ``incidents``: a pandas frame with ``pipeline.schema.INCIDENTS`` columns. Each dict:
+    ``incident_id``, ``rank``, ``score``, ``flagged_flows``, ``flows``, ``hosts`` (the
+    first ``INCIDENT_HOSTS_LISTED``), ``hosts_total``, ``services_total``,
+    ``first_seen_ms``, ``last_seen_ms``, ``top_evidence``.
+    """
+    rows = []
+    for r in incidents.sort_values(["rank", "incident_id"], kind="stable").head(top).to_dict("records"):
+        hosts = _as_list(r["hosts"])
+        rows.append({
+            "incident_id": str(r["incident_id"]),
+            "rank": int(r["rank"]),
+            "score": _optional(float(r["score"])) if r["score"] is not None else None,
+            "flagged_flows": int(r["flagged_flows"]),
+            "flows": int(r["flows"]),
+            "hosts": hosts[:INCIDENT_HOSTS_LISTED],
+            "hosts_total": len(hosts),
+            "services_total": len(_as_list(r["services"])),
+            "first_seen_ms": int(r["first_seen_ms"]),
+            "last_seen_ms": int(r["last_seen_ms"]),
+            "top_evidence": None if r["top_evidence"] is None else str(r["top_evidence"]),
+        })
+    return rows
+
+
+def incident_overview(incidents, top: int = 20) -> dict:
+    """What a night without labels says about its incidents: how many, and the best ranked.
+
+    ``{"labelled": False, "incidents": n, "flagged_flows": k, "top": incident_listing(...),
+    "attacks": None, "attacks_total": None, "attacks_caught": None, "benign_incidents":
+    None, "truth": None}`` (the keys of ``incident_detection``, label-dependent ones null).
+    """
+    return {
+        "labelled": False,
+        "incidents": int(len(incidents)),
+        "flagged_flows": int(incidents["flagged_flows"].fillna(0).sum()) if len(incidents) else 0,
+        "top": incident_listing(incidents, top),
+        "attacks": None,
+        "attacks_total": None,
+        "attacks_caught": None,
+        "benign_incidents": None,
+        "truth": None,
+    }
+
+
+def incident_detection(flows, verdict, incidents, rules, top: int = 20) -> dict:
+    """Incident-level quality of the verdict on one labelled night (what an analyst sees).
+
+    * ``flows [N]``: the night's flows with ``flow_id`` and ``label_row`` (int: the index
+      in ``rules`` of the labels row that matches the flow, -1 for a benign flow;
+      ``pipeline.evaluate.matching_label_rows``);
+    * ``verdict``: the verdict's rows with ``flow_id``, ``is_anomaly``, ``incident_id``
+      (all of the night's rows, or only the flagged ones: unlisted flows count as not
+      flagged);
+    * ``incidents``: the night's ``incidents`` table (``pipeline.schema.INCIDENTS``);
+    * ``rules``: the labels rows (``pipeline.labels.LabelRule``) in file order.
+
+    An attack (a labels row) is *caught* when at least one of its flows is flagged and
+    in an incident (``incident_id`` not null). An incident is *benign* when none of its
+    flagged flows is an attack flow. Labels rows that match no flow of the night (other
+    nights' attacks) are not listed. Returns::
+
+        {"labelled": True, "incidents": n, "flagged_flows": k, "top": incident_listing(...)
+         each with "truth": {kind: flagged flows}, "attacks": [{"row", "kind", "attacker",
+         "victim", "start_ms", "end_ms", "attack_flows", "caught", "flagged_flows",
+         "incident_ids"}], "attacks_total", "attacks_caught", "benign_incidents",
+         "truth": {incident_id: {kind: flagged flows}} for incidents holding attack flows}
+    """
+    import pandas as pd
+
+    verdict = verdict.drop_duplicates("flow_id", keep="first").set_index("flow_id")
+    aligned = verdict.reindex(flows["flow_id"])
+    flagged = aligned["is_anomaly"].eq(True).to_numpy(dtype=bool)
+    has_incident = flagged & aligned["incident_id"].notna().to_numpy()
+    incident = np.array([str(i) if keep else None for i, keep in zip(aligned["incident_id"], has_incident)],
+                        dtype=object)
+    row = flows["label_row"].to_numpy(dtype=np.int64)
+    kinds = np.array([BENIGN if r < 0 else rules[r].attack for r in row], dtype=object)
+
+    in_incident = pd.DataFrame({"incident_id": incident[has_incident], "kind": kinds[has_incident]})
+    known = set(incidents["incident_id"].astype(str))
+    truth_all = {
+        str(i): {str(k): int(n) for k, n in group["kind"].value_counts().sort_index().items()}
+        for i, group in in_incident.groupby("incident_id") if str(i) in known
+    }
+    truth = {i: t for i, t in truth_all.items() if set(t) - {BENIGN}}
+
+    attacks = []
+    for r in sorted(set(row[row >= 0].tolist())):
+        members = row == r
+        ids = sorted(set(incident[members & has_incident].tolist()))
+        rule = rules[r]
+        attacks.append({
+            "row": int(r),
+            "kind": rule.attack,
+            "attacker": str(rule.attacker),
+            "victim": rule.victim if rule.victim is not None else "*",
+            "start_ms": int(rule.start_ms),
+            "end_ms": int(rule.end_ms),
+            "attack_flows": int(members.sum()),
+            "caught": bool(ids),
+            "flagged_flows": int(np.sum(flagged & members)),
+            "incident_ids": ids,
+        })
+    summary = incident_overview(incidents, top)
+    for entry in summary["top"]:
+        entry["truth"] = truth_all.get(entry["incident_id"], {})
+    return {
+        **summary,
+        "labelled": True,
+        "attacks": attacks,
+        "attacks_total": len(attacks),
+        "attacks_caught": sum(a["caught"] for a in attacks),
+        "benign_incidents": int(len(known - set(truth))),
+        "truth": truth,
+    }

@@ -1,5 +1,9 @@
 """The nightly report: one self-contained HTML file (inline CSS, plots as base64 PNG).
 
+When the verdict was evaluated (``summary["incidents"]``), the report leads with the
+night's ranked incidents (``incidents`` table) and a drawing of the top ones; with labels
+each incident carries its truth (attack kinds among its flagged flows, or benign).
+
 Always (also without labels, the normal nightly case): volumes (flows, packets, ingest
 accounting and errors), score distributions per detector, the top anomalous flows of
 each model with their evidence columns, the largest anomalous atoms drawn as small
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 EVIDENCE_COLUMNS = {
     "a2gnn": ("atom_id", "atom_size", "atom_density", "nearest_anchor", "anchor_distance"),
     "rearview": ("triplet", "screening_probability", "refined_score"),
+    "verdict": ("history_pattern", "evidence", "incident_id"),
 }
 """Evidence columns of ``flow_scores`` shown per model (others: none)."""
 
@@ -49,12 +54,17 @@ HOST_COLOUR = "#4c72b0"
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """How much the report shows: top flows per model, atoms drawn, hosts listed."""
+    """How much the report shows: incidents listed and drawn (host pairs per drawing), top
+    flows per model, atoms drawn, hosts listed; hosts and services named per incident row."""
 
+    incidents_listed: int = 50
+    incidents_drawn: int = 5
+    max_pairs_per_incident_drawing: int = 40
     top_flows: int = 20
     atoms_drawn: int = 6
     max_flows_per_atom_drawing: int = 60
     top_hosts: int = 25
+    names_per_incident: int = 5
 
 
 # ------------------------------------------------------------------ small helpers
@@ -105,6 +115,187 @@ def _time(ms) -> str:
 
 def _available(summary: dict) -> dict[str, dict]:
     return {n: e for n, e in summary["detectors"].items() if e.get("available")}
+
+
+# -------------------------------------------------------------------- incidents
+def _verdict_version(summary: dict) -> str | None:
+    """The verdict version the summary evaluated (its incidents' partition), or None."""
+    info = summary.get("incidents") or {}
+    entry = summary["detectors"].get("verdict") or {}
+    return info.get("model_version") or (entry.get("model_version") if entry.get("available") else None)
+
+
+def _shortened(names, limit: int) -> str:
+    """``a, b, c (+N more)``: the first ``limit`` names of a list, escaped."""
+    names = [str(n) for n in (names if names is not None else [])]
+    text = ", ".join(names[:limit])
+    if len(names) > limit:
+        text += f" (+{len(names) - limit} more)"
+    return _esc(text)
+
+
+def _truth_cell(incident_id: str, truth: dict) -> str:
+    """Attack kinds among an incident's flagged flows (with counts), else ``benign``."""
+    kinds = truth.get(incident_id)
+    if not kinds:
+        return _esc(BENIGN)
+    cells = [f'<b class="attack">{_esc(k)}</b> {n}' for k, n in kinds.items() if k != BENIGN]
+    if kinds.get(BENIGN):
+        cells.append(f"{_esc(BENIGN)} {kinds[BENIGN]}")
+    return ", ".join(cells)
+
+
+def incident_edges(flows: pd.DataFrame, incident_id: str, first_seen_ms: int, last_seen_ms: int) -> pd.DataFrame:
+    """The host pairs of one incident, for its drawing: ``a``, ``b`` (``a <= b``),
+    ``flows`` and ``flagged`` per pair, most flagged then busiest first.
+
+    ``flows``: verdict rows with ``src_ip``, ``dst_ip``, ``first_seen_ms``, ``incident_id``.
+    The incident's pairs are those of its flagged flows (``incident_id`` equal); a pair's
+    ``flows`` counts every row of that pair that is the incident's or starts within
+    ``[first_seen_ms, last_seen_ms]`` (as ``flows`` of the ``incidents`` table).
+    """
+    a = flows[["src_ip", "dst_ip"]].astype(str).min(axis=1)
+    b = flows[["src_ip", "dst_ip"]].astype(str).max(axis=1)
+    own = (flows["incident_id"] == incident_id).to_numpy()
+    pairs = set(zip(a[own], b[own]))
+    in_pair = pd.Series([p in pairs for p in zip(a, b)], index=flows.index, dtype=bool).to_numpy()
+    in_span = flows["first_seen_ms"].between(first_seen_ms, last_seen_ms).to_numpy()
+    keep = own | (in_pair & in_span)
+    members = pd.DataFrame({"a": a[keep], "b": b[keep], "flagged": own[keep].astype(int)})
+    if members.empty:
+        return pd.DataFrame({"a": [], "b": [], "flows": [], "flagged": []})
+    edges = members.groupby(["a", "b"], as_index=False).agg(flows=("flagged", "size"), flagged=("flagged", "sum"))
+    return edges.sort_values(["flagged", "flows", "a", "b"], ascending=[False, False, True, True],
+                             kind="stable").reset_index(drop=True)
+
+
+def incident_layout(graph: nx.Graph, seed: int = 7) -> dict[str, tuple[float, float]]:
+    """Host positions for an incident's drawing: each connected component laid out on its
+    own (two hosts side by side, more by a seeded spring layout) within a unit box, the
+    components (largest first) on a grid of such boxes, so none is squeezed to a point."""
+    components = sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda c: (-len(c), c))
+    columns = max(1, math.ceil(math.sqrt(len(components))))
+    position: dict[str, tuple[float, float]] = {}
+    for k, nodes in enumerate(components):
+        cx, cy = 4.0 * (k % columns), -3.0 * (k // columns)
+        if len(nodes) == 1:
+            local = {nodes[0]: (0.0, 0.0)}
+        elif len(nodes) == 2:
+            local = {nodes[0]: (-1.0, 0.0), nodes[1]: (1.0, 0.0)}
+        else:
+            local = nx.spring_layout(graph.subgraph(nodes), seed=seed, weight=None)
+        for node, (x, y) in local.items():
+            position[node] = (cx + float(x), cy + float(y))
+    return position
+
+
+def _incident_drawing(ax, edges: pd.DataFrame, max_pairs: int, title: str) -> None:
+    """Hosts (blue circles) joined by one edge per host pair; width ~ log flows, red where
+    the pair has flagged flows, grey where its flows were not flagged."""
+    edges = edges.head(max_pairs)
+    graph = nx.Graph()
+    for r in edges.itertuples(index=False):
+        graph.add_node(r.a)
+        graph.add_node(r.b)
+        if r.a != r.b:
+            graph.add_edge(r.a, r.b, flows=int(r.flows), flagged=int(r.flagged))
+    layout = incident_layout(graph)
+    busiest = max([d["flows"] for _, _, d in graph.edges(data=True)], default=1)
+    edge_list = list(graph.edges(data=True))
+    nx.draw_networkx_edges(
+        graph, layout, ax=ax, edgelist=[(u, v) for u, v, _ in edge_list],
+        width=[0.8 + 4.0 * math.log1p(d["flows"]) / math.log1p(busiest) for _, _, d in edge_list],
+        edge_color=[FLAGGED_COLOUR if d["flagged"] else QUIET_COLOUR for _, _, d in edge_list],
+    )
+    nx.draw_networkx_nodes(graph, layout, ax=ax, node_size=140, node_color=HOST_COLOUR)
+    degrees = {n: sum(d["flows"] for _, _, d in graph.edges(n, data=True)) for n in graph.nodes}
+    for node in labelled_hosts({n: tuple(p) for n, p in layout.items()}, degrees):
+        x, y = layout[node]
+        ax.annotate(str(node).replace("$", r"\$"), (x, y), xytext=(0, 8), textcoords="offset points",
+                    ha="center", fontsize=7.5,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+    ax.set_title(title, fontsize=9)
+    ax.margins(0.15)
+    ax.axis("off")
+
+
+def _incident_flows(spark, warehouse: Path, date: str, version: str, incident_ids: list[str]) -> pd.DataFrame:
+    """Verdict rows of the host pairs of ``incident_ids`` (flagged or not), as pandas."""
+    from pyspark.sql import functions as F
+
+    scores = read_partition(spark, warehouse, "flow_scores", date=date, model="verdict", model_version=version)
+    pair = F.concat_ws("|", F.least("src_ip", "dst_ip"), F.greatest("src_ip", "dst_ip"))
+    scores = scores.select("src_ip", "dst_ip", "first_seen_ms", "incident_id", pair.alias("pair"))
+    pairs = scores.where(F.col("incident_id").isin(incident_ids)).select("pair").distinct()
+    return scores.join(F.broadcast(pairs), "pair").drop("pair").toPandas()
+
+
+def _incident_drawings(spark, warehouse: Path, date: str, version: str, chosen: pd.DataFrame,
+                       config: ReportConfig) -> str:
+    """One drawing per incident in ``chosen`` (``incidents`` rows), three per row."""
+    try:
+        flows = _incident_flows(spark, warehouse, date, version, chosen["incident_id"].astype(str).tolist())
+    except FileNotFoundError as error:
+        return f'<p class="note">Incidents not drawn: {_esc(error)}</p>'
+    columns = 3
+    rows = math.ceil(len(chosen) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(13, 4.2 * rows), squeeze=False)
+    for ax, incident in zip(axes.flat, chosen.itertuples(index=False)):
+        edges = incident_edges(flows, incident.incident_id, incident.first_seen_ms, incident.last_seen_ms)
+        title = (f"#{incident.rank} {incident.incident_id}: {incident.flagged_flows} of "
+                 f"{incident.flows} flows flagged")
+        if len(edges) > config.max_pairs_per_incident_drawing:
+            title += f"\n({config.max_pairs_per_incident_drawing} of {len(edges)} host pairs drawn)"
+        _incident_drawing(ax, edges, config.max_pairs_per_incident_drawing, title)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.axis("off")
+    fig.tight_layout()
+    legend = ('<p class="note">Each incident\'s hosts (blue circles), an edge per host pair: width grows '
+              "with the pair's flows in the incident's time span, red when some of them were flagged, "
+              "grey when none was.</p>")
+    return f"<h3>Top {len(chosen)} incidents drawn</h3>" + legend + _png(fig)
+
+
+def _incidents_section(spark, warehouse: Path, date: str, summary: dict, config: ReportConfig) -> str:
+    """The night's incidents ranked (``incidents`` table of the evaluated verdict version),
+    with truth when labelled, then the top ``config.incidents_drawn`` drawn."""
+    heading = "<h2>Incidents <small>(verdict, ranked)</small></h2>"
+    version = _verdict_version(summary)
+    if version is None:
+        return heading + '<p class="note">No verdict scores for this night: no incidents.</p>'
+    try:
+        incidents = read_partition(spark, warehouse, "incidents", date=date, model_version=version).toPandas()
+    except FileNotFoundError as error:
+        return heading + f'<p class="note">No incidents table for verdict {_esc(version)}: {_esc(error)}</p>'
+    info = summary.get("incidents") or {}
+    if incidents.empty:
+        return heading + f'<p class="note"><b>no incident flagged</b> on this night by verdict {_esc(version)}.</p>'
+    incidents = incidents.sort_values(["rank", "incident_id"], kind="stable").reset_index(drop=True)
+    labelled = bool(info.get("labelled"))
+    truth = info.get("truth") or {}
+    shown = incidents.head(config.incidents_listed)
+    rows = []
+    for r in shown.itertuples(index=False):
+        row = [_num(int(r.rank)), _esc(r.incident_id), _num(float(r.score), 2),
+               f"{_num(int(r.flagged_flows))} / {_num(int(r.flows))}",
+               _shortened(r.hosts, config.names_per_incident), _shortened(r.services, config.names_per_incident),
+               _time(r.first_seen_ms), _time(r.last_seen_ms), _esc(r.top_evidence)]
+        if labelled:
+            row.append(_truth_cell(str(r.incident_id), truth))
+        rows.append(row)
+    header = ["rank", "incident", "score", "flagged / flows", "hosts", "services (ip|port|proto)",
+              "first seen (UTC)", "last seen (UTC)", "top evidence"] + (["truth"] if labelled else [])
+    counts = f"{len(incidents):,} incident{'s' if len(incidents) != 1 else ''} flagged by verdict {_esc(version)}"
+    if len(incidents) > len(shown):
+        counts += f", the top {len(shown)} listed"
+    if labelled:
+        counts += (f"; attacks caught: {info.get('attacks_caught')} of {info.get('attacks_total')}, "
+                   f"benign incidents: {info.get('benign_incidents')}")
+    note = (f'<p class="note">{counts}. Score: -log10 of the combined benign tail probability of '
+            "the incident's strongest flagged flow; evidence: the pieces that drove it, strongest first.</p>")
+    table = _table(header, rows, numeric={0, 2, 3})
+    drawings = _incident_drawings(spark, warehouse, date, version, shown.head(config.incidents_drawn), config)
+    return heading + note + table + drawings
 
 
 # --------------------------------------------------------------------- sections
@@ -580,10 +771,10 @@ def render_report(spark, warehouse: Path, date: str, summary: dict, config: Repo
         + ("evaluated against labels" if labelled else "no labels (nightly run)")
         + f" · generated {generated}"
     )
-    sections = [
-        f"<h1>Traffic anomalies, night {_esc(date)}</h1><p class='sub'>{subtitle}</p>",
-        _volumes_section(summary),
-    ]
+    sections = [f"<h1>Traffic anomalies, night {_esc(date)}</h1><p class='sub'>{subtitle}</p>"]
+    if "verdict" in summary["detectors"] or summary.get("incidents") is not None:
+        sections.append(_incidents_section(spark, warehouse, date, summary, config))
+    sections.append(_volumes_section(summary))
     sections.append(_quality_section(summary) if labelled else _detectors_section(summary))
     sections += [
         _distributions_section(summary),
@@ -606,7 +797,8 @@ def _replace_atomically(path: Path, text: str) -> Path:
     return path
 
 
-def write_report(spark, warehouse: Path, date: str, summary: dict, out_dir: Path) -> Path:
+def write_report(spark, warehouse: Path, date: str, summary: dict, out_dir: Path,
+                 config: ReportConfig = ReportConfig()) -> Path:
     """Write ``out_dir/summary.json`` then ``out_dir/report.html`` (each atomically).
 
     The HTML is written last, so its presence means both files are complete. Returns the
@@ -614,7 +806,7 @@ def write_report(spark, warehouse: Path, date: str, summary: dict, out_dir: Path
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = render_report(spark, warehouse, date, summary)
+    text = render_report(spark, warehouse, date, summary, config)
     _replace_atomically(out_dir / "summary.json", json.dumps(summary, indent=1))
     path = _replace_atomically(out_dir / "report.html", text)
     log.info("report for %s written to %s", date, path)

@@ -14,8 +14,11 @@ import pyarrow as pa
 import pytest
 
 from pipeline.baselines import BASELINE_NAMES
-from pipeline.evaluate import EvaluationConfig, evaluate_night, latest_score_version, main, results_markdown
-from pipeline.warehouse import write_arrow_partition
+from pipeline.evaluate import (EvaluationConfig, evaluate_night, latest_score_version, main, matching_label_rows,
+                               results_markdown)
+from pipeline.labels import label_flows, read_labels
+from pipeline.metrics import incident_detection
+from pipeline.warehouse import read_arrow_partition, write_arrow_partition
 
 TRAIN_DATES = ["2026-01-01", "2026-01-02"]
 TEST_DATE = "2026-01-03"
@@ -126,6 +129,47 @@ def build_synthetic_warehouse(root, with_scores: bool = True) -> tuple:
         f"dos,{FLOOD_PREFIX}.0/24,{VICTIM},{start_s + 4},{start_s + 8}\n"
     )
     return warehouse, labels
+
+
+SCAN_CAUGHT = 5
+"""Scan flows the synthetic verdict flags (of ``SCAN_FLOWS``); it misses the flood."""
+
+
+def add_verdict(warehouse, version: str = "verdict-v1", incidents: bool = True, hostile_host: str | None = None):
+    """Write verdict scores and incidents for the synthetic night: incident ``-0001`` holds
+    ``SCAN_CAUGHT`` scan flows, ``-0002`` three benign flows (``hostile_host`` first in
+    its host list when given); the flood is not flagged. ``incidents=False``: a night with
+    nothing flagged (an empty incidents table)."""
+    night = read_arrow_partition(warehouse, "flows", date=TEST_DATE).to_pandas()
+    scan = night.index[night["src_ip"] == SCAN_ATTACKER][:SCAN_CAUGHT]
+    benign = night.index[night["src_ip"].str.startswith("10.10.1.")][:3]
+    scores = night[["flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
+                    "first_seen_ms", "last_seen_ms"]].copy()
+    scores["score"], scores["threshold"], scores["is_anomaly"] = 0.5, 3.0, False
+    scores["incident_id"], scores["evidence"] = None, "none"
+    rows = []
+    if incidents:
+        for rank, members, score in ((1, scan, 9.0), (2, benign, 4.0)):
+            incident_id = f"{TEST_DATE}-{rank:04d}"
+            scores.loc[members, ["score", "is_anomaly", "incident_id"]] = [score, True, incident_id]
+            scores.loc[members, "evidence"] = "history 3.4, a2gnn 2.1; lacked: rearview"
+            part = night.loc[members]
+            hosts = sorted(set(part["src_ip"]) | set(part["dst_ip"]))
+            rows.append({"incident_id": incident_id, "rank": rank,
+                         "hosts": ([hostile_host] if hostile_host and rank == 2 else []) + hosts,
+                         "services": sorted(set(part["dst_ip"] + "|" + part["dst_port"].astype(str) + "|"
+                                                + part["protocol"].astype(str))),
+                         "first_seen_ms": int(part["first_seen_ms"].min()),
+                         "last_seen_ms": int(part["last_seen_ms"].max()),
+                         "flows": len(members), "flagged_flows": len(members), "score": score,
+                         "top_evidence": "history 3.4, a2gnn 2.1"})
+    from pipeline.schema import INCIDENTS, empty_table
+
+    table = pa.Table.from_pylist(rows, schema=INCIDENTS) if rows else empty_table("incidents")
+    write_arrow_partition(table, warehouse, "incidents", date=TEST_DATE, model_version=version)
+    write_arrow_partition(pa.Table.from_pandas(scores), warehouse, "flow_scores", date=TEST_DATE,
+                          model="verdict", model_version=version)
+    return version
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +294,98 @@ def test_spark_histogram_bins_like_numpy_at_edges_and_skips_non_finite_scores(sp
     assert expected["all"][-1] == 3  # the last bin is closed: 39, 39.999 and 40
     empty = spark.createDataFrame([(float("nan"),)], "score double")
     assert night_aggregates.histogram(empty, "score") == {"edges": [], "all": []}
+
+
+# ------------------------------------------------------------------ incident level
+def _rules(tmp_path, text: str):
+    path = tmp_path / "labels.csv"
+    path.write_text("attack,a,b,start,end\n" + text)
+    return read_labels(path)
+
+
+def test_each_flow_gets_the_first_labels_row_it_matches_with_cidr_wildcard_and_overlap(tmp_path):
+    rules = _rules(tmp_path, "scan,10.0.0.0/24,10.9.9.9,10,20\n"
+                             "c2,10.0.0.5,*,0,100\n"
+                             "dos,10.0.1.7,10.9.9.9,50,60\n")
+    flows = pd.DataFrame({
+        "src_ip": ["10.0.0.5", "10.9.9.9", "10.0.0.5", "10.0.1.7", "10.0.1.7", "10.1.1.1"],
+        "dst_ip": ["10.9.9.9", "10.0.0.200", "8.8.8.8", "10.9.9.9", "10.9.9.9", "10.9.9.9"],
+        "first_seen_ms": [15_000, 19_500, 30_000, 61_000, 45_000, 15_000],
+        "last_seen_ms": [16_000, 25_000, 31_000, 62_000, 50_000, 16_000],
+    })
+    # scan in the prefix (either direction, overlap at the edge), then c2 by wildcard,
+    # dos only while it overlaps [50 s, 60 s], the last flow matches nothing
+    assert matching_label_rows(flows, rules).tolist() == [0, 0, 1, -1, 2, -1]
+    kinds = [rules[r].attack if r >= 0 else "benign" for r in matching_label_rows(flows, rules)]
+    assert kinds == label_flows(flows, rules).tolist()
+
+
+def test_attack_partly_in_a_flagged_incident_is_caught_benign_incidents_counted_missed_attack_listed(tmp_path):
+    rules = _rules(tmp_path, "scan,10.0.0.66,*,0,100\n"
+                             "dos,58.1.1.0/24,10.0.0.80,0,100\n"
+                             "exfil,6.6.6.6,*,5000,6000\n")        # another night's attack
+    flows = pd.DataFrame({"flow_id": [f"f{i}" for i in range(10)],
+                          "label_row": [0, 0, 0, 0, 1, 1, -1, -1, -1, -1]})
+    verdict = pd.DataFrame({
+        "flow_id": ["f0", "f6", "f7", "f8", "f9"],
+        "is_anomaly": [True, True, True, True, False],
+        # the scan's one flagged flow shares incident 0001 with a benign flow; 0002 and
+        # 0003 hold only benign flows
+        "incident_id": ["D-0001", "D-0001", "D-0002", "D-0003", None],
+    })
+    incidents = pd.DataFrame({
+        "incident_id": ["D-0001", "D-0002", "D-0003"], "rank": [1, 2, 3],
+        "hosts": [["10.0.0.66", "10.0.0.9"], ["10.0.0.7"], ["10.0.0.8"]],
+        "services": [["10.0.0.9|22|6"], ["10.0.0.7|53|17"], ["10.0.0.8|80|6"]],
+        "first_seen_ms": [1000, 2000, 3000], "last_seen_ms": [1500, 2500, 3500],
+        "flows": [6, 1, 1], "flagged_flows": [2, 1, 1], "score": [7.5, 3.1, 2.9],
+        "top_evidence": ["history 3.4", "a2gnn 2.1", "volume 1.0"],
+    })
+    result = incident_detection(flows, verdict, incidents, rules)
+    scan, dos = result["attacks"]
+    assert scan == {"row": 0, "kind": "scan", "attacker": "10.0.0.66/32", "victim": "*", "start_ms": 0,
+                    "end_ms": 100_000, "attack_flows": 4, "caught": True, "flagged_flows": 1,
+                    "incident_ids": ["D-0001"]}
+    assert (dos["kind"], dos["attack_flows"], dos["caught"], dos["flagged_flows"], dos["incident_ids"]) == \
+        ("dos", 2, False, 0, [])
+    assert (result["attacks_caught"], result["attacks_total"]) == (1, 2)     # exfil: not on this night
+    assert (result["incidents"], result["benign_incidents"], result["flagged_flows"]) == (3, 2, 4)
+    assert result["truth"] == {"D-0001": {"benign": 1, "scan": 1}}
+    assert [(i["rank"], i["truth"]) for i in result["top"]] == [
+        (1, {"benign": 1, "scan": 1}), (2, {"benign": 1}), (3, {"benign": 1})]
+    assert json.loads(json.dumps(result)) == result
+
+
+@pytest.fixture(scope="module")
+def verdict_warehouse(tmp_path_factory):
+    warehouse, labels = build_synthetic_warehouse(tmp_path_factory.mktemp("verdict"))
+    return warehouse, labels, add_verdict(warehouse)
+
+
+def test_night_summary_judges_the_verdicts_incidents_against_labels(spark, verdict_warehouse):
+    warehouse, labels, version = verdict_warehouse
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, labels, ["a2gnn", "verdict"],
+                             versions={"verdict": version})
+    assert summary["detectors"]["verdict"]["flagged"] == SCAN_CAUGHT + 3
+    incidents = summary["incidents"]
+    assert (incidents["model_version"], incidents["available"], incidents["labelled"]) == (version, True, True)
+    assert [(a["kind"], a["attack_flows"], a["caught"], a["flagged_flows"]) for a in incidents["attacks"]] == [
+        ("scan", SCAN_FLOWS, True, SCAN_CAUGHT), ("dos", FLOOD_FLOWS, False, 0)]
+    assert incidents["attacks"][0]["incident_ids"] == [f"{TEST_DATE}-0001"]
+    assert (incidents["incidents"], incidents["benign_incidents"]) == (2, 1)
+    assert [i["truth"] for i in incidents["top"]] == [{"scan": SCAN_CAUGHT}, {"benign": 3}]
+    table = results_markdown(summary)
+    assert "Attacks caught: 1 of 2; benign incidents: 1 of 2." in table
+    assert f"| 3 | dos | {FLOOD_PREFIX}.0/24 | {VICTIM} | {FLOOD_FLOWS} | **missed** | 0 | – |" in table
+
+
+def test_night_without_labels_lists_its_incidents_and_one_without_verdict_has_none(spark, verdict_warehouse):
+    warehouse, _, version = verdict_warehouse
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn", "verdict"])
+    incidents = summary["incidents"]
+    assert (incidents["labelled"], incidents["incidents"], incidents["attacks"]) == (False, 2, None)
+    assert [(i["rank"], i["incident_id"], i["flagged_flows"]) for i in incidents["top"]] == [
+        (1, f"{TEST_DATE}-0001", SCAN_CAUGHT), (2, f"{TEST_DATE}-0002", 3)]
+    assert incidents["top"][0]["hosts"] == sorted([SCAN_ATTACKER, VICTIM])
+    assert "| 1 | 2026-01-03-0001 | 9.000 | 5 / 5 | 2 |" in results_markdown(summary)
+    assert evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["a2gnn"])["incidents"] is None

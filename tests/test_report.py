@@ -8,8 +8,12 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluate import evaluate_night
-from pipeline.report import _quality_section, atom_layout, labelled_hosts, write_report
-from test_evaluate import FLOOD_PREFIX, SCAN_ATTACKER, TEST_DATE, TRAIN_DATES, build_synthetic_warehouse
+from pipeline.report import (_incident_drawing, _quality_section, atom_layout, incident_edges, labelled_hosts,
+                             write_report)
+from test_evaluate import (FLOOD_PREFIX, SCAN_ATTACKER, SCAN_CAUGHT, TEST_DATE, TRAIN_DATES, VICTIM, add_verdict,
+                           build_synthetic_warehouse)
+
+HOSTILE = '<script>alert("x")</script>'
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +125,73 @@ def test_labelled_night_without_attacks_explains_why_curves_are_missing(spark, l
     assert "Not drawn: the labels mark no attack flow" in section
     assert "data:image/png" not in section
     assert "<b>" not in section            # every F1 is 0: nothing to single out
+
+
+# ---------------------------------------------------------------------- incidents
+@pytest.fixture(scope="module")
+def verdict_report(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_verdict")
+    warehouse, labels = build_synthetic_warehouse(root)
+    version = add_verdict(warehouse, hostile_host=HOSTILE)
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, labels, ["a2gnn", "rearview", "verdict"],
+                             versions={"verdict": version})
+    return write_report(spark, warehouse, TEST_DATE, summary, root / "out").read_text(), warehouse
+
+
+def test_report_leads_with_the_ranked_incidents_and_their_truth(verdict_report):
+    text = verdict_report[0]
+    headings = re.findall(r"<h2>([^<]+)", text)
+    assert headings[0] == "Incidents "
+    assert headings[1:] == ["Volumes", "Detection quality", "Score distributions ", "Top anomalous flows",
+                            "Largest anomalous atoms", "Hosts "]
+    incidents = text[text.index("<h2>Incidents"):text.index("<h2>Volumes")]
+    rows = re.findall(r"<tr><td[^>]*>(\d+)</td><td[^>]*>([^<]+)</td>", incidents)
+    assert rows == [("1", f"{TEST_DATE}-0001"), ("2", f"{TEST_DATE}-0002")]
+    assert f"{SCAN_CAUGHT} / {SCAN_CAUGHT}" in incidents and ", ".join(sorted([SCAN_ATTACKER, VICTIM])) in incidents
+    assert f'<b class="attack">scan</b> {SCAN_CAUGHT}' in incidents      # truth of 0001
+    assert ">benign</td></tr>" in incidents                               # 0002: benign flows only
+    assert "attacks caught: 1 of 2, benign incidents: 1" in incidents
+    assert ">truth</th>" in incidents and "history 3.4, a2gnn 2.1" in incidents
+    assert "Top 2 incidents drawn" in incidents and incidents.count("data:image/png;base64,") == 1
+    assert text.count("data:image/png;base64,") == 4                     # + curves, distributions, atoms
+    assert ">incident_id</th>" in text                                    # the verdict's top flows' evidence
+
+
+def test_hostile_text_from_the_incidents_table_is_escaped(verdict_report):
+    text = verdict_report[0]
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
+
+
+def test_a_night_with_no_incident_says_so(spark, tmp_path):
+    warehouse, _ = build_synthetic_warehouse(tmp_path)
+    version = add_verdict(warehouse, incidents=False)
+    summary = evaluate_night(spark, warehouse, TEST_DATE, TRAIN_DATES, None, ["verdict"])
+    assert summary["incidents"]["incidents"] == 0
+    text = write_report(spark, warehouse, TEST_DATE, summary, tmp_path / "out").read_text()
+    assert text.index("<h2>Incidents") < text.index("<h2>Volumes")
+    assert f"<b>no incident flagged</b> on this night by verdict {version}" in text
+    assert ">truth</th>" not in text
+
+
+def test_incident_edges_count_its_pairs_flows_in_its_span_and_mark_flagged_ones():
+    flows = pd.DataFrame({
+        "src_ip": ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.3", "10.0.0.1"],
+        "dst_ip": ["10.0.0.2", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.2"],
+        "first_seen_ms": [100, 150, 120, 130, 500, 900],
+        "incident_id": ["D-1", None, None, "D-1", None, "D-2"],
+    })
+    edges = incident_edges(flows, "D-1", 100, 400)
+    # pair 1-2: its flagged flow plus two unflagged ones in the span (not D-2's at 900 ms);
+    # pair 1-3: the flagged flow only (the other starts after the span)
+    assert edges.to_dict("records") == [
+        {"a": "10.0.0.1", "b": "10.0.0.2", "flows": 3, "flagged": 1},
+        {"a": "10.0.0.1", "b": "10.0.0.3", "flows": 1, "flagged": 1},
+    ]
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    hostile = pd.DataFrame({"a": ["$x<b>"], "b": ["10.0.0.9"], "flows": [2], "flagged": [0]})
+    _incident_drawing(ax, hostile, 40, "drawn")          # mathtext-like names draw as text
+    fig.canvas.draw()
+    plt.close(fig)
