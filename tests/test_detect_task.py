@@ -80,15 +80,60 @@ def test_rerun_is_complete_and_runs_nothing(detected):
     assert started == []
 
 
+def _rows_by_partition(root) -> dict[tuple[str, str], list[dict]]:
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for row in table_rows(root, "flow_scores", ["model", "model_version", "flow_id"]):
+        rows.setdefault((row["model"], row["model_version"]), []).append(row)
+    return rows
+
+
 def test_pinned_version_reproduces_identical_scores(detected):
     root, _ = detected
     version = model_store.latest_version(root, "a2gnn")["version"]
-    before = table_rows(root, "flow_scores", ["model", "flow_id"])
+    before = _rows_by_partition(root)
     shutil.rmtree(warehouse.partition_path(root, "flow_scores", date="2026-01-03", model="a2gnn",
                                            model_version=version))
     result = _build(_detect(root, models="a2gnn", model_version=version))
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
-    assert table_rows(root, "flow_scores", ["model", "flow_id"]) == before
+    after = _rows_by_partition(root)
+    assert {key: after[key] for key in before} == before
+    # the verdict of an A2GNN-only run is another version, and says what it lacked
+    (only_a2gnn,) = [key for key in after if key not in before]
+    assert only_a2gnn[0] == "verdict"
+    assert all("lacked: rearview" in row["evidence"] for row in after[only_a2gnn])
+
+
+def test_the_verdict_scores_every_flow_and_groups_its_flagged_flows_into_incidents(detected, spark):
+    root, _ = detected
+    flows = warehouse.read_partition(spark, root, "flows", date="2026-01-03").count()
+    versions = {p.name.split("=", 1)[1] for p in
+                warehouse.complete_partitions(root, "flow_scores", date="2026-01-03", model="verdict")}
+    verdict = [row for row in table_rows(root, "flow_scores", ["flow_id"])
+               if row["model"] == "verdict" and "lacked: rearview" not in row["evidence"]]
+    assert len(verdict) == flows and len({row["model_version"] for row in verdict}) == 1
+    version = verdict[0]["model_version"]
+    assert version in versions
+    assert all((row["incident_id"] is not None) == row["is_anomaly"] for row in verdict)
+    incidents = table_rows(root, "incidents", ["incident_id"])
+    listed = {row["incident_id"] for row in incidents if row["model_version"] == version}
+    assert {row["incident_id"] for row in verdict if row["is_anomaly"]} == listed
+    assert all(row["p_a2gnn"] is not None and row["p_refined"] is not None for row in verdict)
+
+
+def test_pinned_versions_reproduce_identical_verdict_rows_and_incidents(detected):
+    root, _ = detected
+    pins = ",".join(f"{m}={model_store.latest_version(root, m)['version']}" for m in ("a2gnn", "rearview"))
+    before = (_rows_by_partition(root), table_rows(root, "incidents", ["model_version", "incident_id"]))
+    for partition in warehouse.complete_partitions(root, "flow_scores", date="2026-01-03", model="verdict"):
+        shutil.rmtree(partition)
+    shutil.rmtree(root / "incidents")
+    result = _build(_detect(root, model_version=pins))
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    after = (_rows_by_partition(root), table_rows(root, "incidents", ["model_version", "incident_id"]))
+    both = [key for key in before[0] if key[0] == "verdict" and key in after[0]]
+    assert both and all(after[0][key] == before[0][key] for key in both)
+    assert [r for r in after[1] if (("verdict", r["model_version"]) in both)] == \
+        [r for r in before[1] if (("verdict", r["model_version"]) in both)]
 
 
 def test_a_pinned_version_trained_on_other_graph_settings_is_refused_before_any_rebuild(detected):

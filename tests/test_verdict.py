@@ -247,3 +247,10 @@ def test_incidents_are_ranked_by_score_and_count_the_pairs_unflagged_flows():
     assert table["flagged_flows"].tolist() == [2, 2] and table["flows"].tolist() == [2, 3]
     assert table["top_evidence"].tolist() == ["a2gnn 4.0, history 0.5", "history 2.0, a2gnn 1.0"]
     assert ids.tolist() == ["2026-01-03-0002", None, "2026-01-03-0002", "2026-01-03-0001", "2026-01-03-0001"]
+
+
+def test_pareto_tail_keeps_the_empirical_tail_inside_the_reference_and_keeps_falling_beyond_it():
+    reference = np.arange(1.0, 201.0)
+    inside, at_max, far = evidence.pareto_tail(reference, np.array([50.0, 200.0, 2000.0]))
+    assert inside == pytest.approx(evidence.empirical_tail(reference, np.array([50.0]))[0])
+    assert far < at_max <= 1 / 100

@@ -31,6 +31,8 @@ class VerdictConfig:
     ``threshold_rule``: ``validation``, ``night_null`` or ``night_null_validation_shape``
     (:mod:`pipeline.verdict.combine`); ``min_night_flows``: below this a night rule falls
     back to ``validation``.
+    ``volume_tail``: ``empirical`` or ``pareto`` (:func:`pipeline.verdict.evidence.pareto_tail`:
+    extrapolated beyond the largest benign new-relationship volume).
     ``incident_gap_s``: flagged flows of one host pair (or one service) closer than this
     in time belong to one incident; flagged flows of one multi-flow A2GNN atom always do.
     """
@@ -41,6 +43,7 @@ class VerdictConfig:
     screening_unseen_triplets: str = "no_prior"
     incident_gap_s: float = 300.0
     threshold_rule: str = "night_null"
+    volume_tail: str = "empirical"
     min_night_flows: int = 200
 
     def __post_init__(self):
@@ -51,5 +54,7 @@ class VerdictConfig:
                              f"got {self.screening_unseen_triplets!r}")
         if self.threshold_rule not in THRESHOLD_RULES:
             raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {self.threshold_rule!r}")
+        if self.volume_tail not in ("empirical", "pareto"):
+            raise ValueError(f"volume_tail must be 'empirical' or 'pareto', got {self.volume_tail!r}")
         if self.pattern_pseudocount <= 0:
             raise ValueError("pattern_pseudocount must be > 0")

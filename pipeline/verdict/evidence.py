@@ -54,6 +54,37 @@ def empirical_tail(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.nan, tail)
 
 
+def pareto_tail(reference: np.ndarray, values: np.ndarray, top_fraction: float = 0.1,
+                min_top: int = 10) -> np.ndarray:
+    """``[N]`` :func:`empirical_tail` within the reference's range, extrapolated above its
+    largest value by a Pareto (power-law) tail fitted to its top values (Hill estimator).
+
+    Counts such as a relationship's flows are heavy-tailed; beyond the largest benign
+    value the empirical tail stays at ``1 / (n + 1)``, so 6 and 600 flows would weigh the
+    same. Above the ``k``-th largest value ``x_k`` (``k = max(min_top, top_fraction n)``)
+    the tail is ``tail(x_k) * (x_k / v) ** alpha``, ``1 / alpha`` = mean of
+    ``ln(x_i / x_k)`` over the top ``k``. Falls back to the empirical tail when the
+    reference has fewer than ``min_top`` positive values or no spread at the top.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    tail = empirical_tail(reference, values)
+    ref = np.sort(np.asarray(reference, dtype=np.float64)[np.isfinite(reference)])
+    ref = ref[ref > 0]
+    if ref.size < min_top:
+        return tail
+    k = max(min_top, int(top_fraction * ref.size))
+    top = ref[-k:]
+    x_k = top[0]
+    spread = np.log(top / x_k).mean()
+    if spread <= 0:
+        return tail
+    alpha = 1.0 / spread
+    above = np.isfinite(values) & (values > x_k)
+    start = empirical_tail(ref, np.array([x_k]))[0]
+    extrapolated = start * (x_k / np.where(above, values, x_k)) ** alpha
+    return np.where(above, np.minimum(tail, extrapolated), tail)
+
+
 def a2gnn_tail(score: np.ndarray, flow_threshold: float, atom_threshold: float,
                train_scores: np.ndarray, atom_scores: np.ndarray) -> np.ndarray:
     """``[N]`` benign tail of A2GNN's score ``s = max(f / T_flow, a / T_atom)``.

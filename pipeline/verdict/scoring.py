@@ -73,7 +73,8 @@ def evidence_pieces(night: pd.DataFrame, reference: Reference, config: VerdictCo
     if reference.patterns is not None:
         pieces[has_history, column["history"]] = reference.patterns.p_values(patterns[has_history])
         volume = evidence.relationship_volume(night, config.local_networks)
-        pieces[has_history, column["volume"]] = evidence.empirical_tail(reference.volumes, volume[has_history])
+        tail = evidence.pareto_tail if config.volume_tail == "pareto" else evidence.empirical_tail
+        pieces[has_history, column["volume"]] = tail(reference.volumes, volume[has_history])
     for row in np.flatnonzero(~has_history if reference.patterns is not None else np.ones(n, bool)):
         lacking[row].append("history")
 
