@@ -2,6 +2,7 @@
 #   make run    DetectTask on the embedded sample archive (installs first)
 #   make test   installs, then runs the test suite
 #   make bench  benchmarks -> docs/benchmarks.md     make fuzz  10,000 parser fuzz cases
+#   make results  detection quality on four dev archives x three seeds -> docs/results.md
 
 PYTHON_SYSTEM ?= python3
 VENV          := .venv
@@ -12,13 +13,17 @@ DATE          ?= 2026-01-03
 ARCHIVE       ?= sample/archive
 WAREHOUSE     ?= warehouse
 SHARED_DATA   ?= ../shared/data
+SHARED_DATA_B ?= ../shared/data-b
+DEV_ARCHIVES  ?= .bench/archives
+RESULTS_WH    ?= .bench/results
+SEEDS         ?= 42,0,1
 FUZZ_CASES    ?= 10000
 export PYSPARK_PYTHON    := $(CURDIR)/$(PY)
 
 .PHONY: install run test bench fuzz results clean help
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 install: $(STAMP)
 
@@ -37,7 +42,7 @@ run: install
 	$(LUIGI) --module jobs DetectTask --date $(DATE) --archive $(ARCHIVE) --warehouse $(WAREHOUSE) \
 		--ReportTask-labels sample/labels.csv --local-scheduler
 	@echo
-	@echo "Tables:   $(WAREHOUSE)/{flows,flow_scores,atoms,ingest_stats,ingest_errors}/date=$(DATE)/"
+	@echo "Tables:   $(WAREHOUSE)/{flows,flow_scores,incidents,relationship_nights,atoms,ingest_stats,ingest_errors}/date=$(DATE)/"
 	@echo "          Spark SQL database 'traffic' (metastore $(WAREHOUSE)/metastore_db)"
 	@echo "Report:   $$(ls -d $(WAREHOUSE)/reports/date=$(DATE)/*/report.html | tail -n 1)"
 
@@ -50,9 +55,17 @@ bench: install
 fuzz: install
 	$(PY) bench/fuzz_capture.py --cases $(FUZZ_CASES) --shared-data $(SHARED_DATA)
 
+# The verdict, both detectors and the baselines on four dev archives x three training
+# seeds (docs/results.md; docs/verdict.md has the rules these numbers decide). Two of the
+# archives are drawn from the shared captures with ../shared/tools/new_dev_archive.sh
+# (needs Wireshark's editcap: apt-get install -y tshark).
 results: install
-	$(PY) -m pipeline.results --archive $(SHARED_DATA)/archive --labels $(SHARED_DATA)/labels.csv \
-		--warehouse .bench/dev-warehouse --out docs/results.md
+	@command -v editcap >/dev/null || { echo "editcap is required to draw the dev archives (apt-get install -y tshark)"; exit 1; }
+	test -d $(DEV_ARCHIVES)/s13/archive || ../shared/tools/new_dev_archive.sh 13 $(DEV_ARCHIVES)/s13 --gz-night 1
+	test -d $(DEV_ARCHIVES)/s14k/archive || ../shared/tools/new_dev_archive.sh 14 $(DEV_ARCHIVES)/s14k --known-service-kinds c2,exfil
+	$(PY) -m pipeline.results --seeds $(SEEDS) --warehouse $(RESULTS_WH) --out docs/results.md \
+		--archive-set A=$(SHARED_DATA)/archive --archive-set B=$(SHARED_DATA_B)/archive \
+		--archive-set S13=$(DEV_ARCHIVES)/s13/archive --archive-set S14K=$(DEV_ARCHIVES)/s14k/archive
 
 clean:
 	rm -rf $(WAREHOUSE) spark-warehouse metastore_db derby.log .pytest_cache

@@ -10,7 +10,8 @@ metastore (``hive.metastore.uris`` in ``conf/spark.conf``).
 ``flow_scores_latest`` is a view over ``flow_scores`` that keeps, per night and model,
 only the greatest ``model_version`` (versions start with their last training night, so
 this is the newest model); every version stays queryable in ``flow_scores``.
-``incidents_latest`` does the same for ``incidents`` (the newest verdict version per night).
+``incidents_latest`` keeps the incidents of the verdict version ``flow_scores_latest``
+shows (chosen from ``flow_scores``: a version that flagged nothing has no incident rows).
 ``relationships`` is a view over ``relationship_nights``: per (kind, entity) its first and
 last night, nights seen and flows over every published night (``pipeline.relationships``).
 
@@ -91,7 +92,8 @@ def ensure_database(spark, database: str, warehouse_root: Path) -> None:
     spark.sql(
         f"CREATE OR REPLACE VIEW {db}.incidents_latest AS "
         f"SELECT i.* FROM {db}.incidents i JOIN ("
-        f"  SELECT `date`, max(model_version) AS model_version FROM {db}.incidents GROUP BY `date`) newest "
+        f"  SELECT `date`, max(model_version) AS model_version FROM {db}.flow_scores WHERE model = 'verdict' "
+        f"  GROUP BY `date`) newest "
         f"ON i.`date` = newest.`date` AND i.model_version = newest.model_version"
     )
     aggregates = ", ".join(f"{expression} AS {name}" for name, expression in relationships.SUMMARY_AGGREGATES)

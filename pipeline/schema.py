@@ -190,7 +190,11 @@ FLOW_SCORES = pa.schema(
         pa.field("p_a2gnn", pa.float64()),
         pa.field("p_screening", pa.float64()),
         pa.field("p_refined", pa.float64()),
-        pa.field("history_pattern", pa.string()),      # e.g. "new_service+new_relationship/in->in"
+        pa.field("history_pattern", pa.string()),      # e.g. "new_service/new_pair/in->in"
+        pa.field("service_nights_seen", pa.int32()),   # earlier nights its service was seen on (0 = never)
+        pa.field("service_days_since_first", pa.int32()),  # days since the service's first night (null = never)
+        pa.field("host_pair_nights_seen", pa.int32()),
+        pa.field("host_pair_days_since_first", pa.int32()),
         pa.field("evidence", pa.string()),             # pieces that drove the verdict, strongest first; lacked ones
         pa.field("incident_id", pa.string()),          # null when the flow is not flagged
     ]

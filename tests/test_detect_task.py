@@ -118,6 +118,9 @@ def test_the_verdict_scores_every_flow_and_groups_its_flagged_flows_into_inciden
     listed = {row["incident_id"] for row in incidents if row["model_version"] == version}
     assert {row["incident_id"] for row in verdict if row["is_anomaly"]} == listed
     assert all(row["p_a2gnn"] is not None and row["p_refined"] is not None for row in verdict)
+    # each flow's relationships as of its night: the sample's test night has two earlier nights
+    assert all(0 <= row["service_nights_seen"] <= 2 for row in verdict)
+    assert all((row["service_days_since_first"] is None) == (row["service_nights_seen"] == 0) for row in verdict)
 
 
 def test_pinned_versions_reproduce_identical_verdict_rows_and_incidents(detected):
@@ -127,6 +130,8 @@ def test_pinned_versions_reproduce_identical_verdict_rows_and_incidents(detected
     for partition in warehouse.complete_partitions(root, "flow_scores", date="2026-01-03", model="verdict"):
         shutil.rmtree(partition)
     shutil.rmtree(root / "incidents")
+    for done in (root / "_published" / "date=2026-01-03", root / "reports" / "date=2026-01-03"):
+        shutil.rmtree(done)   # else the night is complete and nothing reruns
     result = _build(_detect(root, model_version=pins))
     assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
     after = (_rows_by_partition(root), table_rows(root, "incidents", ["model_version", "incident_id"]))

@@ -166,6 +166,9 @@ def score_night(night: pd.DataFrame, reference: Reference, config: VerdictConfig
     for k, name in enumerate(evidence.PIECES):
         out[f"p_{name}"] = pieces[:, k]
     out["history_pattern"] = patterns.to_numpy()
+    for column in ("service_nights_seen", "service_days_since_first", "host_pair_nights_seen",
+                   "host_pair_days_since_first"):
+        out[column] = pd.array(night[column], dtype="Int32") if column in night else pd.NA
     out["evidence"] = combine.evidence_text(pieces, evidence.PIECES, lacking, notes)
     out["incident_id"] = incident_ids.to_numpy()
     out["model_version"] = model_version
