@@ -40,7 +40,7 @@ class VerdictConfig:
     false_alarm_budget: float = 0.01
     local_networks: str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
     pattern_pseudocount: float = 0.5
-    screening_unseen_triplets: str = "no_prior"
+    screening_unseen_triplets: str = "port_fallback"
     incident_gap_s: float = 300.0
     threshold_rule: str = "night_null"
     volume_tail: str = "empirical"
