@@ -30,7 +30,7 @@ import pandas as pd
 from pipeline import metrics, night_aggregates
 from pipeline.baselines import BASELINE_NAMES, TRIPLET_COLUMNS, BaselinesConfig, fit_baselines
 from pipeline.features import FEATURE_COLUMNS
-from pipeline.labels import BENIGN, LabelRule, _in_network, label_flows, read_labels
+from pipeline.labels import BENIGN, LabelRule, label_flows, matching_label_rows, read_labels
 from pipeline.warehouse import SUCCESS_MARKER, complete_partitions, read_partition
 
 log = logging.getLogger(__name__)
@@ -137,32 +137,6 @@ def night_volumes(spark, warehouse: Path, date: str, totals: dict) -> dict:
     except FileNotFoundError:
         volumes["ingest_errors"] = None
     return volumes
-
-
-def matching_label_rows(flows: pd.DataFrame, rules: list[LabelRule]) -> np.ndarray:
-    """``[N]`` index in ``rules`` of the labels row each flow matches, -1 for benign flows.
-
-    The rule of ``pipeline.labels.label_flows`` (one endpoint in ``a``, the other equal to
-    ``b`` or ``b == "*"``, either direction, ``[first_seen, last_seen]`` overlapping
-    ``[start, end]``; the first matching row in file order wins), so
-    ``rules[row].attack`` is the flow's kind wherever ``row >= 0``. ``flows`` needs
-    ``src_ip``, ``dst_ip``, ``first_seen_ms``, ``last_seen_ms``.
-    """
-    rows = np.full(len(flows), -1, dtype=np.int64)
-    first = flows["first_seen_ms"].to_numpy()
-    last = flows["last_seen_ms"].to_numpy()
-    for index, rule in enumerate(rules):
-        src_in_a = _in_network(flows["src_ip"], rule.attacker)
-        dst_in_a = _in_network(flows["dst_ip"], rule.attacker)
-        if rule.victim is None:
-            pair = src_in_a | dst_in_a
-        else:
-            pair = (src_in_a & (flows["dst_ip"] == rule.victim).to_numpy()) | (
-                dst_in_a & (flows["src_ip"] == rule.victim).to_numpy()
-            )
-        hit = pair & (first <= rule.end_ms) & (last >= rule.start_ms) & (rows < 0)
-        rows[hit] = index
-    return rows
 
 
 def read_incidents(spark, warehouse: Path, date: str, version: str) -> pd.DataFrame:

@@ -62,18 +62,18 @@ def _address_in(text: str, network) -> bool:
         return False
 
 
-def label_flows(flows: pd.DataFrame, rules: list[LabelRule]) -> pd.Series:
-    """The attack kind of every flow (``"benign"`` when no rule matches).
+def matching_label_rows(flows: pd.DataFrame, rules: list[LabelRule]) -> np.ndarray:
+    """``[N]`` index in ``rules`` of the labels row each flow matches, -1 for benign flows.
 
-    ``flows`` needs ``src_ip``, ``dst_ip``, ``first_seen_ms``, ``last_seen_ms``. When
-    several rules match, the first in file order wins. Returns a Series aligned to
-    ``flows.index``.
+    A flow matches a row when one endpoint is in ``a``, the other equals ``b`` (or
+    ``b == "*"``), in either direction, and its ``[first_seen, last_seen]`` overlaps
+    ``[start, end]``; the first matching row in file order wins. ``flows`` needs
+    ``src_ip``, ``dst_ip``, ``first_seen_ms``, ``last_seen_ms``.
     """
-    kinds = np.full(len(flows), BENIGN, dtype=object)
-    unmatched = np.ones(len(flows), dtype=bool)
+    rows = np.full(len(flows), -1, dtype=np.int64)
     first = flows["first_seen_ms"].to_numpy()
     last = flows["last_seen_ms"].to_numpy()
-    for rule in rules:
+    for index, rule in enumerate(rules):
         src_in_a = _in_network(flows["src_ip"], rule.attacker)
         dst_in_a = _in_network(flows["dst_ip"], rule.attacker)
         if rule.victim is None:
@@ -82,8 +82,14 @@ def label_flows(flows: pd.DataFrame, rules: list[LabelRule]) -> pd.Series:
             pair = (src_in_a & (flows["dst_ip"] == rule.victim).to_numpy()) | (
                 dst_in_a & (flows["src_ip"] == rule.victim).to_numpy()
             )
-        overlap = (first <= rule.end_ms) & (last >= rule.start_ms)
-        hit = pair & overlap & unmatched
-        kinds[hit] = rule.attack
-        unmatched &= ~hit
+        hit = pair & (first <= rule.end_ms) & (last >= rule.start_ms) & (rows < 0)
+        rows[hit] = index
+    return rows
+
+
+def label_flows(flows: pd.DataFrame, rules: list[LabelRule]) -> pd.Series:
+    """The attack kind of every flow (``"benign"`` when no rule matches), by
+    :func:`matching_label_rows`. Returns a Series aligned to ``flows.index``."""
+    rows = matching_label_rows(flows, rules)
+    kinds = np.array([BENIGN] + [rule.attack for rule in rules], dtype=object)[rows + 1]
     return pd.Series(kinds, index=flows.index, name="attack")

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.baselines import BASELINE_NAMES
-from pipeline.evaluate import (EvaluationConfig, evaluate_night, latest_score_version, main, matching_label_rows,
+from pipeline.evaluate import (EvaluationConfig, evaluate_night, latest_score_version, main,
                                results_markdown)
-from pipeline.labels import label_flows, read_labels
+from pipeline.labels import label_flows, matching_label_rows, read_labels
 from pipeline.metrics import incident_detection
 from pipeline.warehouse import read_arrow_partition, write_arrow_partition
 
