@@ -30,7 +30,7 @@ install: $(STAMP)
 # --compile-bytecode: uv does not write .pyc files by default, and where
 # PYTHONDONTWRITEBYTECODE is set (as on our CI machines) nothing ever does, so every
 # process (luigi, each Spark Python worker) compiled torch, PyG, pandas... from source:
-# 'import pipeline.rearview_stage' took 9.1 s instead of 3.7 s.
+# 'import pipeline.detectors.rearview.training' took 9.1 s instead of 3.7 s.
 $(STAMP): setup.cfg setup.py Makefile
 	@command -v java >/dev/null || { echo "Java 17 is required by Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -63,7 +63,7 @@ results: install
 	@command -v editcap >/dev/null || { echo "editcap is required to draw the dev archives (apt-get install -y tshark)"; exit 1; }
 	test -d $(DEV_ARCHIVES)/s13/archive || ../shared/tools/new_dev_archive.sh 13 $(DEV_ARCHIVES)/s13 --gz-night 1
 	test -d $(DEV_ARCHIVES)/s14k/archive || ../shared/tools/new_dev_archive.sh 14 $(DEV_ARCHIVES)/s14k --known-service-kinds c2,exfil
-	$(PY) -m pipeline.results --seeds $(SEEDS) --warehouse $(RESULTS_WH) --out docs/results.md \
+	$(PY) -m bench.results --seeds $(SEEDS) --warehouse $(RESULTS_WH) --out docs/results.md \
 		--archive-set A=$(SHARED_DATA)/archive --archive-set B=$(SHARED_DATA_B)/archive \
 		--archive-set S13=$(DEV_ARCHIVES)/s13/archive --archive-set S14K=$(DEV_ARCHIVES)/s14k/archive
 

@@ -35,15 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.a2gnn_training import (  # noqa: E402
-    A2GNNConfig,
-    AtomGraph,
-    atom_anchors,
-    embed,
-    nearest_anchor,
-    train_model,
-)
-from pipeline.features import FEATURE_COLUMNS  # noqa: E402
+from models.a2gnn_training import A2GNNConfig, AtomGraph, atom_anchors, embed, nearest_anchor, train_model  # noqa: E402
+from pipeline.detectors.features import FEATURE_COLUMNS  # noqa: E402
 
 log = logging.getLogger("bench_a2gnn")
 
@@ -113,10 +106,10 @@ def quality(warehouse: str, labels_csv: str, variants: dict[str, dict], artifact
 
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
-    from pipeline.a2gnn_stage import score_a2gnn, train_a2gnn
-    from pipeline.labels import label_flows, read_labels
+    from pipeline.detectors.a2gnn import score_a2gnn, train_a2gnn
+    from pipeline.evaluation.labels import label_flows, read_labels
     from pipeline.spark import get_spark
-    from pipeline.warehouse import read_partition
+    from pipeline.store.warehouse import read_partition
 
     spark = get_spark(str(Path(artifacts) / "spark-warehouse"), overrides={"spark.master": "local[2]"})
 

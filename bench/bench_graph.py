@@ -14,7 +14,7 @@ peak RSS (sampled) and the JVM's; the time ratio between sizes shows the scaling
 
 ``dev-nights`` fits the signature statistics on the training nights, writes
 ``graph_vertices``, ``graph_edges`` and ``atoms`` for every night with
-``pipeline.warehouse`` and reports, on the test night, atom size and density per
+``pipeline.store.warehouse`` and reports, on the test night, atom size and density per
 attack kind against benign flows.
 """
 from __future__ import annotations
@@ -36,8 +36,10 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline import graph, partition, signatures, warehouse  # noqa: E402
-from pipeline.schema import SPLT_LENGTH  # noqa: E402
+from pipeline.graph import build as graph  # noqa: E402
+from pipeline.graph import partition, signatures
+from pipeline.store import warehouse
+from pipeline.store.schema import SPLT_LENGTH  # noqa: E402
 
 log = logging.getLogger("bench_graph")
 
@@ -185,7 +187,7 @@ def markdown_rows(results: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------- dev nights
 def run_dev_nights(spark, warehouse_dir: str, labels_path: str, train: list[str], test: list[str]) -> dict:
-    from pipeline.labels import label_flows, read_labels
+    from pipeline.evaluation.labels import label_flows, read_labels
 
     train_flows = None
     for date in train:

@@ -77,8 +77,8 @@ def build_capture(source: Path, target: Path, packets: int, snaplen: int = 128) 
 
 
 def worker_ours(path: Path) -> dict:
-    from pipeline.flows import finalize
-    from pipeline.ingest import FileScan
+    from pipeline.ingest.extract import FileScan
+    from pipeline.ingest.flows import finalize
 
     warm_start = time.perf_counter()  # one-time JIT cache load, as any long-lived worker pays once
     warm = path.with_suffix(".warm.pcap")

@@ -9,7 +9,7 @@ not depend on training length), then times, on ``--flows`` generated flows in st
 order:
 
 * screening: feature normalisation + condition lookup + conditional VAE + KDE
-  probabilities (``pipeline.rearview_stage.screen``), one pass;
+  probabilities (``pipeline.detectors.rearview.inference.screen``), one pass;
 * refinement: FIFO windows -> session graphs -> anomaly-weighted GraphSAGE edge
   embeddings -> classifier score, for every ensemble member (``stream_windows`` once,
   ``embed_windows`` per member, +
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.features import FEATURE_COLUMNS
+from pipeline.detectors.features import FEATURE_COLUMNS
 
 log = logging.getLogger("bench_rearview")
 QUALITY_HEADING = "### Detection quality"
@@ -60,7 +60,7 @@ VARIANTS = {
 
 def synthetic_flows(num_flows: int, seed: int = 0, start_ms: int = 1_767_225_600_000,
                     duration_ms: int = 3_600_000, num_clients: int = 40, num_services: int = 12) -> pd.DataFrame:
-    """``num_flows`` benign-looking flows with every ``pipeline.schema.FLOWS`` column the
+    """``num_flows`` benign-looking flows with every ``pipeline.store.schema.FLOWS`` column the
     detectors read (identity, times, ``FEATURE_COLUMNS``). Deterministic in ``seed``.
 
     Each service (server IP, port, protocol) has its own log-normal packet count, packet
@@ -122,12 +122,13 @@ def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str
     from pyspark.sql import functions as F
     from sklearn.metrics import roc_auc_score
 
-    from pipeline import rearview_stage as rv
-    from pipeline import warehouse as wh
-    from pipeline.labels import BENIGN, label_flows, read_labels
-    from pipeline.metrics import binary_metrics, per_kind_detection
-    from pipeline.rearview_windows import eviction_count
+    from pipeline.detectors import rearview as rv
+    from pipeline.detectors.rearview import conditions, decision, inference
+    from pipeline.detectors.rearview.windows import eviction_count
+    from pipeline.evaluation.labels import BENIGN, label_flows, read_labels
+    from pipeline.evaluation.metrics import binary_metrics, per_kind_detection
     from pipeline.spark import get_spark
+    from pipeline.store import warehouse as wh
 
     spark = get_spark(out / "spark", overrides={"spark.master": "local[2]"})
     artifact = out / "artifact"
@@ -153,16 +154,16 @@ def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str
         "stage1": (p, p > config.screening_alarm_p),
         "stage123": (merged["score"].to_numpy(), merged["is_anomaly"].to_numpy()),
     }
-    art = rv.load_artifacts(str(artifact))
-    replay = rv.order_flows(merged)
-    triggered = pd.Series(rv.triggered_windows(
+    art = inference.load_artifacts(str(artifact))
+    replay = conditions.order_flows(merged)
+    triggered = pd.Series(decision.triggered_windows(
         replay["screening_probability"].to_numpy(), art.config.queue_size,
         eviction_count(art.config.queue_size, art.config.evict_fraction), art.config.suspicious_p,
     ), index=replay["flow_id"]).reindex(merged["flow_id"]).to_numpy()
-    cells = rv.fallback_cells(art.vocab, merged, rv.unseen_triplets(art.seen_triplets, merged))
+    cells = conditions.fallback_cells(art.vocab, merged, conditions.unseen_triplets(art.seen_triplets, merged))
     for name, overrides in VARIANTS.items():
         variant = dataclasses.replace(art.config, **overrides)
-        score, _, flagged = rv.decide_flows(p, cells, refined, triggered, art.calibration, variant)
+        score, _, flagged = decision.decide_flows(p, cells, refined, triggered, art.calibration, variant)
         rules["variant_" + name] = (score, flagged)
     novel = ~merged["triplet"].isin(list(art.seen_triplets)).to_numpy()
     rules["novelty_baseline"] = (novel.astype(float), novel)
@@ -173,7 +174,7 @@ def evaluate_dev(warehouse: Path, labels: Path, out: Path, train_dates: list[str
         shutil.copytree(artifact, keep / "artifact", dirs_exist_ok=True)
     result = {"training": training, "training_s": training_s, "scoring_s": scoring_s,
               "config": dataclasses.asdict(config),
-              "test_cell_counts": np.bincount(cells, minlength=rv.NUM_FALLBACK_CELLS).tolist()}
+              "test_cell_counts": np.bincount(cells, minlength=conditions.NUM_FALLBACK_CELLS).tolist()}
     for name, (score, flagged) in rules.items():
         result[name] = binary_metrics(attack, score, flagged)
         result[name + "_per_kind"] = per_kind_detection(merged["kind"].to_numpy(), flagged)
@@ -212,8 +213,9 @@ def main() -> None:
 
     import torch
 
-    from pipeline import rearview_stage as rv
-    from pipeline.rearview_windows import eviction_count
+    from pipeline.detectors import rearview as rv
+    from pipeline.detectors.rearview import conditions, decision, inference, session
+    from pipeline.detectors.rearview.windows import eviction_count
     from pipeline.spark import get_spark
 
     config = rv.RearViewConfig(**{"vae_epochs": 3, "sage_epochs": 5, "device": args.device,
@@ -226,20 +228,20 @@ def main() -> None:
         out.mkdir()
         rv.train_rearview(spark, spark.createDataFrame(train), config, out)
         spark.stop()
-        art = rv.load_artifacts(str(out))
+        art = inference.load_artifacts(str(out))
 
-        flows = rv.order_flows(synthetic_flows(args.flows, seed=2))
+        flows = conditions.order_flows(synthetic_flows(args.flows, seed=2))
         started = time.perf_counter()
-        _, p, mu = rv.screen(flows, art)
+        _, p, mu = inference.screen(flows, art)
         screening_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        edges = rv.edge_features(mu, rv.unseen_triplets(art.seen_triplets, flows))
+        edges = session.edge_features(mu, conditions.unseen_triplets(art.seen_triplets, flows))
         evict = eviction_count(config.queue_size, config.evict_fraction)
-        windows = rv.stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
-                                    config.queue_size, evict, **rv.burst_inputs(flows, art.config))
-        rv.ensemble_refined(art.members, [
-            rv.embed_windows(windows, len(flows), member.encoder, config.queue_size, evict)
+        windows = session.stream_windows(flows["src_ip"].to_numpy(), flows["dst_ip"].to_numpy(), edges, p,
+                                    config.queue_size, evict, **session.burst_inputs(flows, art.config))
+        decision.ensemble_refined(art.members, [
+            session.embed_windows(windows, len(flows), member.encoder, config.queue_size, evict)
             for member in art.members])
         refinement_s = time.perf_counter() - started
     result = {

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.capture.reader import CaptureReader  # noqa: E402
-from pipeline.ingest import FileScan  # noqa: E402
+from pipeline.ingest.capture.reader import CaptureReader  # noqa: E402
+from pipeline.ingest.extract import FileScan  # noqa: E402
 
 DEFAULT_SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 MAX_SEED_BYTES = 256 * 1024

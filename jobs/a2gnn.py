@@ -9,15 +9,15 @@ from jobs.graph import PartitionTask, atoms_build, graph, partition
 from jobs.ingest import ExtractFlowsTask
 from jobs.modeling import ScoreModelTask, TrainModelTask
 from models.a2gnn_config import A2GNNConfig
-from pipeline import model_store
-from pipeline.graph import GraphConfig
-from pipeline.partition import PartitionConfig
+from pipeline.graph.build import GraphConfig
+from pipeline.graph.partition import PartitionConfig
+from pipeline.store import model_store
 
 a2gnn = config_class("a2gnn", A2GNNConfig)
 
 
 def _night_frames(spark, warehouse: Path, day: str) -> dict:
-    from pipeline import warehouse as wh
+    from pipeline.store import warehouse as wh
 
     return {
         "date": day,
@@ -42,7 +42,7 @@ class TrainA2GNNTask(TrainModelTask):
         return config_as_dict(dataclass_of(a2gnn()), dataclass_of(graph()), dataclass_of(partition()))
 
     def train(self, spark, dates, out_dir):
-        from pipeline.a2gnn_stage import train_a2gnn
+        from pipeline.detectors.a2gnn import train_a2gnn
 
         nights = [_night_frames(spark, self.warehouse_path, d) for d in dates]
         return train_a2gnn(spark, nights, dataclass_of(a2gnn()), out_dir)
@@ -93,7 +93,7 @@ class ScoreA2GNNTask(ScoreModelTask):
                 f"and atoms are then rebuilt with them")
 
     def run(self):
-        from pipeline.a2gnn_stage import score_a2gnn
+        from pipeline.detectors.a2gnn import score_a2gnn
 
         spark = self.spark()
         frames = _night_frames(spark, self.warehouse_path, self.day)

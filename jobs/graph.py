@@ -8,8 +8,8 @@ import luigi
 from jobs.config import TrainingWindowTask, config_as_dict, config_class, dataclass_of, training_dates
 from jobs.ingest import ExtractFlowsTask
 from jobs.targets import MarkerTarget, PartitionTarget
-from pipeline.graph import GraphConfig
-from pipeline.partition import PartitionConfig
+from pipeline.graph.build import GraphConfig
+from pipeline.graph.partition import PartitionConfig
 
 graph = config_class("graph", GraphConfig)
 partition = config_class("partition", PartitionConfig)
@@ -29,7 +29,7 @@ class _WindowFlowsTask(TrainingWindowTask):
 
     def window_flows(self, spark):
         """``(dates, flows DataFrame of every night in the window)``."""
-        from pipeline import warehouse
+        from pipeline.store import warehouse
 
         dates = [d.isoformat() for d in self._window_dates()]
         frames = [warehouse.read_partition(spark, self.warehouse_path, "flows", date=d) for d in dates]
@@ -46,7 +46,7 @@ class SignatureStatsTask(_WindowFlowsTask):
         return MarkerTarget(str(self.warehouse_path / "graph_stats" / f"date={self.day}" / "signature_stats.json"))
 
     def run(self):
-        from pipeline.signatures import fit_signature_normalisation
+        from pipeline.graph.signatures import fit_signature_normalisation
 
         dates, train = self.window_flows(self.spark())
         stats = fit_signature_normalisation(train)
@@ -67,8 +67,8 @@ class FaninHistoryTask(_WindowFlowsTask):
         return PartitionTarget(self.warehouse_path, "graph_fanin_services", build=self.build(), date=self.day)
 
     def run(self):
-        from pipeline import warehouse
-        from pipeline.graph import fanin_services
+        from pipeline.graph.build import fanin_services
+        from pipeline.store import warehouse
 
         dates, train = self.window_flows(self.spark())
         services = fanin_services(train, dataclass_of(graph()))
@@ -110,8 +110,8 @@ class BuildGraphTask(TrainingWindowTask):
         }
 
     def run(self):
-        from pipeline import warehouse
-        from pipeline.graph import build_graph
+        from pipeline.graph.build import build_graph
+        from pipeline.store import warehouse
 
         spark = self.spark()
         flows_df = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)
@@ -146,8 +146,8 @@ class PartitionTask(TrainingWindowTask):
     def run(self):
         from pyspark.sql import functions as F
 
-        from pipeline import warehouse
-        from pipeline.partition import partition_flows
+        from pipeline.graph.partition import partition_flows
+        from pipeline.store import warehouse
 
         spark = self.spark()
         vertices = warehouse.read_partition(spark, self.warehouse_path, "graph_vertices", date=self.day)

@@ -5,7 +5,7 @@ import luigi
 
 from jobs.config import NightTask, config_class, dataclass_of
 from jobs.targets import PartitionTarget
-from pipeline.flows import FlowConfig
+from pipeline.ingest.flows import FlowConfig
 
 flows = config_class("flows", FlowConfig)
 
@@ -20,7 +20,7 @@ class ExtractFlowsTask(NightTask):
         }
 
     def run(self):
-        from pipeline.ingest import extract_night
+        from pipeline.ingest.extract import extract_night
 
         self.progress(5, f"extracting flows of {self.day} from {self.archive_path}")
         summary = extract_night(

@@ -10,7 +10,7 @@ import luigi
 
 from jobs.config import TrainingWindowTask, training_dates
 from jobs.targets import ArtifactTarget, PartitionTarget
-from pipeline import model_store
+from pipeline.store import model_store
 
 log = logging.getLogger("luigi-interface")
 
@@ -105,7 +105,7 @@ class ScoreModelTask(TrainingWindowTask):
         )
 
     def write_scores(self, scores_df) -> None:
-        from pipeline import warehouse
+        from pipeline.store import warehouse
 
         target = self.output()
         warehouse.write_spark_partition(

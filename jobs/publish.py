@@ -5,11 +5,11 @@ import json
 
 import luigi
 
-from jobs.scoring import ScoredNightTask
 from jobs.targets import MarkerTarget
+from jobs.verdict import JudgedNightTask
 
 
-class PublishTablesTask(ScoredNightTask):
+class PublishTablesTask(JudgedNightTask):
     """Adds the night's partitions of every table to database ``traffic`` (configurable);
     the marker file records what was registered, with counts."""
 
@@ -23,7 +23,7 @@ class PublishTablesTask(ScoredNightTask):
                                 / f"{self.database}-{self.versions_tag()}.json"))
 
     def run(self):
-        from pipeline.metastore import publish_night
+        from pipeline.store.metastore import publish_night
 
         registered = publish_night(self.spark(), self.database, self.warehouse_path, self.day)
         with self.output().open("w") as handle:

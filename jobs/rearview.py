@@ -6,7 +6,7 @@ import datetime as dt
 from jobs.config import config_as_dict, config_class, dataclass_of
 from jobs.ingest import ExtractFlowsTask
 from jobs.modeling import ScoreModelTask, TrainModelTask
-from pipeline.rearview_config import RearViewConfig
+from pipeline.detectors.rearview import RearViewConfig
 
 rearview = config_class("rearview", RearViewConfig)
 
@@ -23,8 +23,8 @@ class TrainRearViewTask(TrainModelTask):
     def train(self, spark, dates, out_dir):
         from pyspark.sql import functions as F
 
-        from pipeline import warehouse
-        from pipeline.rearview_stage import train_rearview
+        from pipeline.detectors.rearview import train_rearview
+        from pipeline.store import warehouse
 
         frames = [
             warehouse.read_partition(spark, self.warehouse_path, "flows", date=d).withColumn("date", F.lit(d))
@@ -47,8 +47,8 @@ class ScoreRearViewTask(ScoreModelTask):
         return required
 
     def run(self):
-        from pipeline import warehouse
-        from pipeline.rearview_scoring import score_rearview
+        from pipeline.detectors.rearview import score_rearview
+        from pipeline.store import warehouse
 
         spark = self.spark()
         flows_df = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)

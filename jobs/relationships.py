@@ -42,8 +42,8 @@ class RelationshipsTask(NightTask):
         return PartitionTarget(self.warehouse_path, "relationship_nights", date=self.day)
 
     def run(self):
-        from pipeline import warehouse
         from pipeline.relationships import night_relationships
+        from pipeline.store import warehouse
 
         spark = self.spark()
         flows = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import luigi
 
-from jobs.scoring import ScoredNightTask
 from jobs.targets import MarkerTarget
+from jobs.verdict import JudgedNightTask
 
 
-class ReportTask(ScoredNightTask):
+class ReportTask(JudgedNightTask):
     """``reports/date=D/<versions>/report.html`` + ``summary.json``; with ``--labels`` the
     report adds precision/recall/F1/ROC AUC per model and attack kind (evaluation only)."""
 
@@ -26,7 +26,7 @@ class ReportTask(ScoredNightTask):
     def run(self):
         from pathlib import Path
 
-        from pipeline.evaluate import evaluate_night
+        from pipeline.evaluation.night import evaluate_night
         from pipeline.report import write_report
 
         spark = self.spark()

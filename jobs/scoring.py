@@ -1,4 +1,5 @@
-"""Which scoring task serves which detector, and the mixin for tasks downstream of scores."""
+"""Which scoring task serves which detector, and the mixin for tasks downstream of scores
+(``jobs.verdict.JudgedNightTask`` for those downstream of the verdict too)."""
 from __future__ import annotations
 
 import luigi
@@ -30,18 +31,3 @@ class ScoredNightTask(TrainingWindowTask):
                                       model_version=version, **self.night())
             for model, version in sorted(self.model_versions.items())
         }
-
-    def verdict_task(self) -> luigi.Task:
-        """The verdict of the night from these detectors' scores (``jobs.verdict``)."""
-        from jobs.verdict import ScoreVerdictTask
-
-        return ScoreVerdictTask(date=self.date, train_days=self.train_days,
-                                model_versions=self.model_versions, **self.night())
-
-    def scored_tasks(self) -> dict[str, luigi.Task]:
-        """Every scorer of the night: the detectors and the verdict built on them."""
-        return {**self.score_tasks(), "verdict": self.verdict_task()}
-
-    def versions_tag(self) -> str:
-        """``a2gnn@<version>+rearview@<version>+verdict@<version>``: names outputs per set of versions."""
-        return "+".join(f"{m}@{t.resolved_version()}" for m, t in self.scored_tasks().items())

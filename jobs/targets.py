@@ -5,11 +5,11 @@ from pathlib import Path
 
 import luigi
 
-from pipeline import model_store, warehouse
+from pipeline.store import model_store, warehouse
 
 
 class PartitionTarget(luigi.Target):
-    """A table partition written by ``pipeline.warehouse`` (exists once ``_SUCCESS`` is there).
+    """A table partition written by ``pipeline.store.warehouse`` (exists once ``_SUCCESS`` is there).
 
     ``build``: the settings the partition's rows depend on. When given, the partition
     exists only if it was written with exactly these (``warehouse.build_matches``), so a

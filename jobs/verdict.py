@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+import luigi
+
 from jobs.config import config_as_dict, config_class, dataclass_of
 from jobs.relationships import RelationshipsTask, history_dates, relationships
-from jobs.scoring import ScoredNightTask
+from jobs.scoring import SCORE_TASKS, ScoredNightTask
 from jobs.targets import PartitionTarget
-from pipeline import model_store
+from pipeline.store import model_store
 from pipeline.verdict import VerdictConfig
 
 verdict = config_class("verdict", VerdictConfig)
@@ -64,8 +66,6 @@ class ScoreVerdictTask(ScoredNightTask):
 
     def validation_score_tasks(self) -> list:
         """The detectors' scores of each validation night by the same versions."""
-        from jobs.scoring import SCORE_TASKS
-
         return [SCORE_TASKS[model](date=dt.date.fromisoformat(day), train_days=self.train_days,
                                    model_version=version, **self.night())
                 for day in self.validation_dates() for model, version in self.score_versions().items()]
@@ -93,3 +93,21 @@ class ScoreVerdictTask(ScoredNightTask):
             "calibration": reference.summary()})
         self.progress(100, f"verdict {self.version()} of {self.day}: {int(scores['is_anomaly'].sum())} of "
                            f"{len(scores)} flows flagged, {len(incidents)} incidents")
+
+
+class JudgedNightTask(ScoredNightTask):
+    """A task downstream of the verdict: it needs the night scored by every detector in
+    ``model_versions`` and judged by the verdict built on them."""
+
+    def verdict_task(self) -> luigi.Task:
+        """The verdict of the night from these detectors' scores."""
+        return ScoreVerdictTask(date=self.date, train_days=self.train_days,
+                                model_versions=self.model_versions, **self.night())
+
+    def scored_tasks(self) -> dict[str, luigi.Task]:
+        """Every scorer of the night: the detectors and the verdict built on them."""
+        return {**self.score_tasks(), "verdict": self.verdict_task()}
+
+    def versions_tag(self) -> str:
+        """``a2gnn@<version>+rearview@<version>+verdict@<version>``: names outputs per set of versions."""
+        return "+".join(f"{m}@{t.resolved_version()}" for m, t in self.scored_tasks().items())

@@ -41,7 +41,6 @@ Anchors are the mean embedding ``z`` of every training atom. Detector (see
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -534,67 +533,6 @@ def fit_detector(
         if config.structure == "atom_shift" else 0.0
     detector["threshold"] = detector["flow_threshold"] if config.structure == "none" else 1.0
     return detector
-
-
-# ------------------------------------------------------------- TorchDistributor entry
-def distributed_train(graph_path: str, config_dict: dict, out_path: str) -> dict:
-    """TorchDistributor ``train_fn``: train on the graph saved at ``graph_path``.
-
-    ``graph_path``: safetensors with ``x``, ``atom``, ``edge_index`` (see
-    :func:`save_graph`). For each of ``ensemble_size`` members, rank 0 writes
-    ``weights.safetensors`` (state dict) and ``anchors.safetensors`` (``anchors``,
-    ``train_scores``) into ``out_path`` (member 0) or ``out_path/member<k>``, and returns
-    member 0's training metrics with its EVT thresholds plus ``members``: each member's
-    seed and thresholds.
-    """
-    from pipeline.distributed_training import distributed_context, init_process_group_if_needed
-
-    config = A2GNNConfig.from_dict(config_dict)
-    context = distributed_context(config.device)
-    distributed = init_process_group_if_needed(context)
-    torch.use_deterministic_algorithms(context.device == "cpu", warn_only=True)
-    if config.cpu_threads > 0:
-        torch.set_num_threads(config.cpu_threads)
-    check_detector_config(config)
-    full_graph = load_graph(graph_path)
-    metrics: dict = {}
-    members = []
-    for member in range(config.ensemble_size):
-        member_config = dataclasses.replace(config, seed=member_seed(config.seed, member))
-        graph, holdout = full_graph, None
-        if config.calibration == "holdout_atoms":
-            graph, holdout = split_holdout(full_graph, config.holdout_fraction, member_config.seed)
-        model, member_metrics = train_model(graph, member_config, torch.device(context.device),
-                                            context.rank, context.world_size)
-        if not context.is_main:
-            continue
-        detector = fit_detector(model, graph, member_config, holdout)
-        save_trained(Path(out_path) / member_dir(member), model, detector)
-        members.append({"seed": member_config.seed, "threshold": detector["threshold"],
-                        "flow_threshold": detector["flow_threshold"],
-                        "atom_threshold": detector["atom_threshold"]})
-        if member == 0:
-            metrics = dict(member_metrics)
-            metrics.update({
-                "threshold": detector["threshold"],
-                "flow_threshold": detector["flow_threshold"],
-                "atom_threshold": detector["atom_threshold"],
-                "calibration_flows": int(detector["train_scores"].size),
-                "calibration_atoms": int(detector["atom_scores"].size),
-                "num_anchors": int(detector["anchors"].shape[0]),
-                "train_score_quantiles": {
-                    q: float(np.quantile(detector["train_scores"], float(q)))
-                    for q in ("0.5", "0.9", "0.95", "0.99")
-                },
-            })
-    if context.is_main:
-        metrics["members"] = members
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return metrics if context.is_main else {}
 
 
 def save_graph(path: Path, graph: AtomGraph) -> None:

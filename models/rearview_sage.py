@@ -2,7 +2,7 @@
 
 A session graph has one vertex per IP and one directed edge ``src -> dst`` per flow whose
 features are the flow's VAE latent mean (and, in this project, its relationship novelty:
-``pipeline.rearview_stage``). The encoder produces one embedding per *edge* (flow); Deep
+``pipeline.detectors.rearview``). The encoder produces one embedding per *edge* (flow); Deep
 Graph Infomax (``torch_geometric.nn.DeepGraphInfomax``) trains it without labels, its
 corruption shuffling the edge features across edges.
 

@@ -22,6 +22,8 @@ import datetime as dt
 
 import pandas as pd
 
+from pipeline.store import schema
+
 KINDS = ("host", "service", "host_pair", "client_service")
 """The ``kind`` values of ``relationship_nights``."""
 
@@ -36,15 +38,6 @@ HISTORY_KEYS = (
     ("dst_host", "host", "dst_ip"),
 )
 """``flow_history``'s keys: (output prefix, ``kind`` looked up, flow column holding the entity)."""
-
-SUMMARY_AGGREGATES = (
-    ("first_night", "min(`date`)"),
-    ("last_night", "max(`date`)"),
-    ("nights_seen", "count(DISTINCT `date`)"),
-    ("flows", "sum(flows)"),
-)
-"""Per (kind, entity) aggregates of nights, as Spark SQL: used by ``relationships_summary``
-and by the metastore's ``relationships`` view, so both say the same thing."""
 
 _MISSING = -1
 """How a null ``dst_port`` / ``protocol`` is written in an entity."""
@@ -137,7 +130,7 @@ def relationships_summary(nights_df):
 
     return (nights_df.withColumn("date", F.col("date").cast("string"))
             .groupBy("kind", "entity")
-            .agg(*[F.expr(expression).alias(name) for name, expression in SUMMARY_AGGREGATES]))
+            .agg(*[F.expr(expression).alias(name) for name, expression in schema.RELATIONSHIPS_SUMMARY]))
 
 
 def _night(date: str) -> str:
@@ -199,7 +192,7 @@ def read_nights(spark, warehouse_root, dates: list[str]):
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
 
-    from pipeline import schema, warehouse
+    from pipeline.store import warehouse
 
     if not dates:
         struct = schema.spark_schema("relationship_nights")

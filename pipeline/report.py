@@ -8,7 +8,7 @@ Always (also without labels, the normal nightly case): volumes (flows, packets, 
 accounting and errors), score distributions per detector, the top anomalous flows of
 each model with their evidence columns, the largest anomalous atoms drawn as small
 host/flow graphs, and per-host summaries. With labels (``summary["attack_flows_by_kind"]``
-set by ``pipeline.evaluate.evaluate_night``): the quality table per detector and per
+set by ``pipeline.evaluation.night.evaluate_night``): the quality table per detector and per
 attack kind, score distributions benign vs attack, ROC and PR curves.
 
 Plot data for the baselines comes from the summary (the baselines' scores are not
@@ -33,8 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.labels import BENIGN, label_flows, read_labels  # noqa: E402
-from pipeline.warehouse import read_partition  # noqa: E402
+from pipeline.evaluation.labels import BENIGN, label_flows, read_labels  # noqa: E402
+from pipeline.store.warehouse import read_partition  # noqa: E402
 
 log = logging.getLogger(__name__)
 

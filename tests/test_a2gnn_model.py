@@ -9,23 +9,9 @@ import torch
 
 from models.a2gnn import A2GNN, atom_mean, isolation_mask
 from models.a2gnn_training import (
-    A2GNNConfig,
-    AtomGraph,
-    atom_anchors,
-    anchor_radii,
-    anchor_scales,
-    atom_batches,
-    atom_shift,
-    centroid_cross_entropy,
-    check_detector_config,
-    combined_score,
-    detector_scores,
-    embed,
-    fit_detector,
-    info_nce,
-    nearest_anchor,
-    split_holdout,
-    train_model,
+    A2GNNConfig, AtomGraph, atom_anchors, anchor_radii, anchor_scales, atom_batches, atom_shift,
+    centroid_cross_entropy, check_detector_config, combined_score, detector_scores, embed, fit_detector, info_nce,
+    nearest_anchor, split_holdout, train_model,
 )
 
 

@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from models.a2gnn_training import A2GNNConfig
-from pipeline import schema
-from pipeline.a2gnn_stage import score_a2gnn, train_a2gnn
-from pipeline.features import FEATURE_COLUMNS
-from pipeline.warehouse import read_partition, write_arrow_partition
+from pipeline.detectors.a2gnn import score_a2gnn, train_a2gnn
+from pipeline.detectors.features import FEATURE_COLUMNS
+from pipeline.store import schema
+from pipeline.store.warehouse import read_partition, write_arrow_partition
 
 PROFILES = 6
 INTEGER_COLUMNS = {f.name for f in schema.FLOWS if pa.types.is_integer(f.type)}
@@ -137,8 +137,8 @@ def test_scoring_the_same_night_twice_gives_identical_scores(spark, warehouse, t
 
 
 def test_a_flow_unknown_to_the_atoms_table_is_scored_as_its_own_atom_with_null_atom_id(warehouse, trained):
-    from pipeline.a2gnn_stage import load_artifact, score_frame
-    from pipeline.warehouse import read_arrow_partition
+    from pipeline.detectors.a2gnn.scoring import load_artifact, score_frame
+    from pipeline.store.warehouse import read_arrow_partition
 
     root, _ = warehouse
     out, _ = trained
@@ -156,7 +156,7 @@ def test_a_flow_unknown_to_the_atoms_table_is_scored_as_its_own_atom_with_null_a
 def test_an_ensemble_flags_a_flow_when_most_members_put_it_above_their_own_threshold(spark, warehouse,
                                                                                        tmp_path):
     from models.a2gnn_training import member_seed
-    from pipeline.a2gnn_stage import load_artifact
+    from pipeline.detectors.a2gnn.scoring import load_artifact
 
     root, attack_ids = warehouse
     nights = [night(spark, root, d) for d in ("2026-01-01", "2026-01-02")]

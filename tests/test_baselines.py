@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.baselines import BASELINE_NAMES, BaselinesConfig, fit_baselines
-from pipeline.features import FEATURE_COLUMNS
+from pipeline.detectors.features import FEATURE_COLUMNS
+from pipeline.evaluation.baselines import BASELINE_NAMES, BaselinesConfig, fit_baselines
 
 
 def _flows(count: int, rng: np.random.Generator, dst_port: int = 443, packets: float = 10.0) -> pd.DataFrame:

@@ -5,13 +5,13 @@ never from the reader itself.
 """
 from __future__ import annotations
 
+import capture_builder as cb
 import numpy as np
 import pytest
 
-import capture_builder as cb
-from pipeline.capture import decode as D
-from pipeline.capture.reader import CaptureReader
-from pipeline.ingest import process_file
+from pipeline.ingest.capture import decode as D
+from pipeline.ingest.capture.reader import CaptureReader
+from pipeline.ingest.extract import process_file
 
 
 def read_all(path, **kwargs):

@@ -9,7 +9,7 @@ import pytest
 from luigi.configuration.cfg_parser import LuigiConfigParser
 
 import jobs
-from pipeline import model_store, warehouse
+from pipeline.store import model_store, warehouse
 from tests.pipeline_runs import SAMPLE_ARCHIVE, SAMPLE_LABELS, TINY_CFG, settings, table_rows
 
 pytestmark = pytest.mark.slow
@@ -227,7 +227,7 @@ def _readme_queries() -> list[str]:
 
 
 def test_readme_analyst_queries_run_on_published_tables(detected, spark, tmp_path):
-    from pipeline.zeek import read_zeek_log
+    from pipeline.store.zeek import read_zeek_log
 
     root, _ = detected
     known = spark.table("traffic.flow_scores_latest").where("`date` = '2026-01-03' AND model = 'a2gnn'") \

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline.distributed_training import describe_worker, distributed_context, run_training
+from pipeline.detectors.distributed_training import describe_worker, distributed_context, run_training
 
 
 def test_run_training_executes_the_function_in_a_separate_torchrun_worker(spark):

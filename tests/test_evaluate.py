@@ -13,12 +13,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.baselines import BASELINE_NAMES
-from pipeline.evaluate import (EvaluationConfig, evaluate_night, latest_score_version, main,
-                               results_markdown)
-from pipeline.labels import label_flows, matching_label_rows, read_labels
-from pipeline.metrics import incident_detection
-from pipeline.warehouse import read_arrow_partition, write_arrow_partition
+from pipeline.evaluate import main
+from pipeline.evaluation.baselines import BASELINE_NAMES
+from pipeline.evaluation.labels import label_flows, matching_label_rows, read_labels
+from pipeline.evaluation.metrics import incident_detection
+from pipeline.evaluation.night import EvaluationConfig, evaluate_night, latest_score_version, results_markdown
+from pipeline.store.warehouse import read_arrow_partition, write_arrow_partition
 
 TRAIN_DATES = ["2026-01-01", "2026-01-02"]
 TEST_DATE = "2026-01-03"
@@ -163,7 +163,7 @@ def add_verdict(warehouse, version: str = "verdict-v1", incidents: bool = True, 
                          "last_seen_ms": int(part["last_seen_ms"].max()),
                          "flows": len(members), "flagged_flows": len(members), "score": score,
                          "top_evidence": "history 3.4, a2gnn 2.1"})
-    from pipeline.schema import INCIDENTS, empty_table
+    from pipeline.store.schema import INCIDENTS, empty_table
 
     table = pa.Table.from_pylist(rows, schema=INCIDENTS) if rows else empty_table("incidents")
     write_arrow_partition(table, warehouse, "incidents", date=TEST_DATE, model_version=version)
@@ -284,7 +284,8 @@ def test_a_night_without_labels_is_summarised_by_spark_exactly_as_in_pandas(spar
 
 
 def test_spark_histogram_bins_like_numpy_at_edges_and_skips_non_finite_scores(spark):
-    from pipeline import metrics, night_aggregates
+    from pipeline.evaluation import aggregates as night_aggregates
+    from pipeline.evaluation import metrics
 
     # 0, 1, ..., 40 fall exactly on the 40 bins' edges; NaN, +-inf and null are not scores
     values = [float(v) for v in range(41)] + [20.5, 39.999, float("nan"), float("inf"), float("-inf"), None]

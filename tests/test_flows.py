@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import capture_builder as cb
 import numpy as np
 import pandas as pd
 import pytest
 
-import capture_builder as cb
-from pipeline.flows import FlowConfig, community_id, finalize, merge_partial_table
-from pipeline.ingest import extract_night_local, process_file
-from pipeline.warehouse import read_arrow_partition
+from pipeline.ingest.extract import extract_night_local, process_file
+from pipeline.ingest.flows import FlowConfig, community_id, finalize, merge_partial_table
+from pipeline.store.warehouse import read_arrow_partition
 
 T0 = cb.BASE_TS
 
@@ -211,7 +211,7 @@ def test_flows_straddling_rotated_files_are_merged_like_one_file(tmp_path):
 
 
 def test_flow_columns_follow_the_schema_and_sizes_are_ip_bytes(tmp_path):
-    from pipeline import schema
+    from pipeline.store import schema
 
     ip = cb.ipv4("10.0.0.1", "10.0.0.2", 17, cb.udp(4000, 53, b"x" * 3))
     path = cb.write(tmp_path / "x.pcap", cb.pcap_bytes([(T0, cb.ether(ip))]))
@@ -224,7 +224,7 @@ def test_flow_columns_follow_the_schema_and_sizes_are_ip_bytes(tmp_path):
 def test_fast_community_id_equals_the_communityid_package_on_a_real_night(shared_data):
     import ipaddress
 
-    from pipeline.flows import community_id_packed
+    from pipeline.ingest.flows import community_id_packed
 
     path = shared_data / "archive" / "2026-01-03" / "lan-20260103.pcap"
     flows = finalize(process_file(path, path.name)[0]).to_pandas()

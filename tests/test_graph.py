@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import graph, signatures
-from pipeline.graph import GraphConfig
-from pipeline.schema import SPLT_LENGTH, spark_schema
+from pipeline.graph import build as graph
+from pipeline.graph import signatures
+from pipeline.graph.build import GraphConfig
+from pipeline.store.schema import SPLT_LENGTH, spark_schema
 
 FLOW_COLUMNS = (
     "flow_id string, src_ip string, dst_ip string, first_seen_ms long, "
@@ -264,7 +265,7 @@ def test_disabled_fan_in_gives_the_relay_and_similarity_graph(spark, stats):
 
 
 def test_the_partition_projects_every_semantic_relationship(spark):
-    from pipeline.partition import PartitionConfig, flow_graph_parts
+    from pipeline.graph.partition import PartitionConfig, flow_graph_parts
 
     rows = [(f"flow:{i}a", f"flow:{i}b", kind, 0.5) for i, kind in enumerate(graph.SEMANTIC_RELATIONSHIPS)]
     edges = spark.createDataFrame(rows, "src string, dst string, relationship string, weight double")

@@ -7,7 +7,7 @@ import igraph as ig
 import numpy as np
 import pytest
 
-from pipeline import graph_engine
+from pipeline.graph import engine as graph_engine
 
 
 def _igraph_components(n, edges):
@@ -75,7 +75,7 @@ def test_dataframe_degrees_match_igraph(spark):
 
 
 def test_auto_names_the_engine_that_ran(spark, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.graph_engine")
+    caplog.set_level(logging.INFO, logger="pipeline.graph.engine")
     chosen = graph_engine.resolve_engine(spark, "auto")
     expected = "graphframes" if graph_engine.graphframes_available(spark) else "dataframes"
     assert chosen == expected
@@ -83,7 +83,7 @@ def test_auto_names_the_engine_that_ran(spark, caplog):
 
 
 def test_auto_collects_small_graphs_to_the_driver_and_keeps_large_ones_distributed(spark, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.graph_engine")
+    caplog.set_level(logging.INFO, logger="pipeline.graph.engine")
     assert graph_engine.resolve_engine(spark, "auto", num_edges=10, driver_max_edges=10) == "driver"
     assert graph_engine.resolve_engine(spark, "auto", num_edges=11, driver_max_edges=10) in ("graphframes", "dataframes")
     n, edges = _shapes()["star"]

@@ -9,8 +9,9 @@ import pytest
 from pyspark.sql import functions as F
 
 import jobs
-from pipeline import graph, warehouse
-from pipeline.graph import GraphConfig
+from pipeline.graph import build as graph
+from pipeline.graph.build import GraphConfig
+from pipeline.store import warehouse
 from tests.pipeline_runs import SAMPLE_ARCHIVE, settings
 
 pytestmark = pytest.mark.slow

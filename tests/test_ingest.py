@@ -7,13 +7,13 @@ import hashlib
 import struct
 from pathlib import Path
 
+import capture_builder as cb
 import pyarrow as pa
 import pytest
 
-import capture_builder as cb
-from pipeline import schema
-from pipeline.ingest import extract_night, extract_night_local, list_capture_files, process_file
-from pipeline.warehouse import read_arrow_partition
+from pipeline.ingest.extract import extract_night, extract_night_local, list_capture_files, process_file
+from pipeline.store import schema
+from pipeline.store.warehouse import read_arrow_partition
 
 DAY = "2026-01-01"
 
@@ -89,7 +89,7 @@ def test_packets_and_distinct_5_tuples_match_truth_for_every_archive_file(shared
         path = shared_data / row["item"]
         partial, stats, _errors = process_file(path, row["item"])
         assert stats["packets_read"] == int(row["packets"]), row["item"]
-        from pipeline.flows import finalize
+        from pipeline.ingest.flows import finalize
 
         assert len(canonical_5tuples(finalize(partial))) == int(row["flows_5tuple"]), row["item"]
         assert stats["first_packet_ms"] == int(float(row["first_ts"]) * 1000)
@@ -119,7 +119,7 @@ def test_spark_extraction_of_the_rotated_night_matches_truth_and_merges_across_f
     # every distinct 5-tuple of the night is present (README: 3,986)
     per_file_tuples = set()
     for name in truth:
-        from pipeline.flows import finalize
+        from pipeline.ingest.flows import finalize
 
         per_file_tuples |= canonical_5tuples(finalize(process_file(
             shared_data / "archive" / name, name)[0]))
@@ -192,8 +192,8 @@ def test_bad_files_are_reported_and_quarantined_without_failing_the_night_and_re
 
 
 def test_only_flows_open_at_the_end_or_starting_within_the_idle_timeout_leave_their_task():
-    from pipeline.flows import PARTIAL_SCHEMA, R_EOC, R_FIN, FlowConfig
-    from pipeline.ingest import boundary_mask
+    from pipeline.ingest.extract import boundary_mask
+    from pipeline.ingest.flows import PARTIAL_SCHEMA, R_EOC, R_FIN, FlowConfig
 
     first_us, idle_us = 1_000_000_000, 120 * 1_000_000
     starts = [first_us, first_us + idle_us - 1, first_us + idle_us + 1000, first_us + idle_us + 5000]
@@ -208,8 +208,8 @@ def _run_file_task(path: Path, staging: Path) -> list[dict]:
     """One file through the Spark task body, without Spark: the metas it returns."""
     import json
 
-    from pipeline.flows import FlowConfig
-    from pipeline.ingest import SIDE_SCHEMA, _file_task
+    from pipeline.ingest.extract import SIDE_SCHEMA, _file_task
+    from pipeline.ingest.flows import FlowConfig
 
     batch = pa.RecordBatch.from_pydict({"path": [str(path)], "capture_file": [f"{DAY}/{path.name}"]})
     side = pa.Table.from_batches(list(_file_task(FlowConfig(), str(staging))(iter([batch]))), SIDE_SCHEMA)
@@ -226,8 +226,8 @@ def _conversations(path: Path, count: int) -> Path:
 
 
 def test_a_failing_scan_keeps_the_flows_written_before_it_and_reports_the_error(tmp_path):
-    from pipeline.flows import FlowConfig
-    from pipeline.ingest import FileScan, write_file_flows
+    from pipeline.ingest.extract import FileScan, write_file_flows
+    from pipeline.ingest.flows import FlowConfig
 
     scan = FileScan(_conversations(tmp_path / "a.pcap", 4), f"{DAY}/a.pcap")
 

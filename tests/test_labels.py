@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.labels import BENIGN, label_flows, read_labels
+from pipeline.evaluation.labels import BENIGN, label_flows, read_labels
 
 
 @pytest.fixture

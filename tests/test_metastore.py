@@ -1,6 +1,6 @@
 import pyarrow as pa
 
-from pipeline import metastore, warehouse
+from pipeline.store import metastore, warehouse
 
 
 def _scores(n, score):
@@ -95,7 +95,7 @@ NEW_FLOW_SCORE_COLUMNS = ("screening_prior", "p_history", "p_volume", "p_a2gnn",
 def test_a_metastore_created_by_older_code_gains_the_new_columns_and_keeps_its_partitions(spark, tmp_path):
     import pyarrow.parquet as pq
 
-    from pipeline import schema
+    from pipeline.store import schema
 
     old = pa.schema([f for f in schema.FLOW_SCORES if f.name not in NEW_FLOW_SCORE_COLUMNS])
     leaf = warehouse.partition_path(tmp_path, "flow_scores", date="2026-01-02", model="a2gnn", model_version="v0")

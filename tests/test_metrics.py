@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import binary_metrics, curves, per_kind_detection, score_histograms
+from pipeline.evaluation.metrics import binary_metrics, curves, per_kind_detection, score_histograms
 
 
 def test_precision_recall_f1_follow_the_confusion_counts():

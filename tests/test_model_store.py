@@ -1,6 +1,6 @@
 import torch
 
-from pipeline import model_store
+from pipeline.store import model_store
 
 
 def _writer(value):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 from jobs.config import config_as_dict
-from pipeline.graph import GraphConfig
-from pipeline import model_store
-from pipeline.partition import PartitionConfig
-from pipeline.rearview_config import RearViewConfig
+from pipeline.detectors.rearview.config import RearViewConfig
+from pipeline.graph.build import GraphConfig
+from pipeline.graph.partition import PartitionConfig
+from pipeline.store import model_store
 
 
 def test_execution_only_settings_do_not_enter_the_model_version():
@@ -25,7 +25,7 @@ def test_task_sizes_do_not_enter_the_model_version():
 def test_a_rearview_setting_added_later_at_its_old_value_keeps_existing_version_ids():
     from jobs.config import dataclass_of
     from jobs.rearview import TrainRearViewTask, rearview
-    from pipeline.rearview_config import FIELDS_ADDED_LATER
+    from pipeline.detectors.rearview.config import FIELDS_ADDED_LATER
 
     assert FIELDS_ADDED_LATER == {"burst_window_ms": 0}
     assert not set(FIELDS_ADDED_LATER) & set(config_as_dict(RearViewConfig())["RearViewConfig"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import warehouse
+from pipeline.store import warehouse
 from tests.pipeline_runs import (
     REPO_ROOT, SAMPLE_ARCHIVE, TINY_CFG, VENV_BIN, free_port, luigi_command, luigi_env, run_luigi,
     table_rows,

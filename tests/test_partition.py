@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import partition
-from pipeline.partition import PartitionConfig
-from pipeline.schema import ATOMS
+from pipeline.graph import partition
+from pipeline.graph.partition import PartitionConfig
+from pipeline.store.schema import ATOMS
 
 EDGE_COLUMNS = "src string, dst string, relationship string, weight double"
 

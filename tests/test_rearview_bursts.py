@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.rearview_bursts import burst_counts, count_within
+from pipeline.detectors.rearview.bursts import burst_counts, count_within
 
 
 def brute_force_count(times, key, window_ms):

@@ -1,10 +1,10 @@
-"""RearView's FIFO session queue expressed as index ranges (pipeline/rearview_windows.py)."""
+"""RearView's FIFO session queue expressed as index ranges (pipeline/detectors/rearview/windows.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.rearview_windows import (
+from pipeline.detectors.rearview.windows import (
     eviction_count, home_window, window_bounds, window_count, window_membership,
 )
 

@@ -9,8 +9,10 @@ import pytest
 
 import jobs  # noqa: F401  (conf/luigi.cfg first among Luigi's configuration files)
 from jobs.ingest import ExtractFlowsTask
-from jobs.relationships import RelationshipsTask, history_dates, relationships as relationships_config
-from pipeline import relationships, warehouse
+from jobs.relationships import RelationshipsTask, history_dates
+from jobs.relationships import relationships as relationships_config
+from pipeline import relationships
+from pipeline.store import warehouse
 from tests.pipeline_runs import SAMPLE_ARCHIVE
 
 FLOW_COLUMNS = ("flow_id string, src_ip string, dst_ip string, dst_port int, protocol smallint, "

@@ -6,12 +6,15 @@ import re
 
 import pandas as pd
 import pytest
+from test_evaluate import (
+    FLOOD_PREFIX, SCAN_ATTACKER, SCAN_CAUGHT, TEST_DATE, TRAIN_DATES, VICTIM, add_verdict,
+    build_synthetic_warehouse,
+)
 
-from pipeline.evaluate import evaluate_night
-from pipeline.report import (_incident_drawing, _quality_section, atom_layout, incident_edges, labelled_hosts,
-                             write_report)
-from test_evaluate import (FLOOD_PREFIX, SCAN_ATTACKER, SCAN_CAUGHT, TEST_DATE, TRAIN_DATES, VICTIM, add_verdict,
-                           build_synthetic_warehouse)
+from pipeline.evaluation.night import evaluate_night
+from pipeline.report import (
+    _incident_drawing, _quality_section, atom_layout, incident_edges, labelled_hosts, write_report,
+)
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -103,7 +106,7 @@ def test_host_labels_go_to_the_busiest_hosts_and_never_on_top_of_each_other():
 
 
 def test_an_extra_detector_entry_without_plot_data_is_tabled_not_fatal(spark, labelled_report, tmp_path):
-    """``pipeline.results`` adds entries (e.g. a model's first stage) with metrics only."""
+    """``bench.results`` adds entries (e.g. a model's first stage) with metrics only."""
     path, summary = labelled_report
     a2gnn = summary["detectors"]["a2gnn"]
     extra = {"family": "model stage", "available": True, "scored_flows": a2gnn["scored_flows"],

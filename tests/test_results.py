@@ -1,7 +1,7 @@
 """``docs/results.md`` from night summaries: several archives, several seeds, incidents.
 
-Summaries are built as dicts (the shape ``pipeline.evaluate.evaluate_night`` returns), so
-no pipeline runs here; ``pipeline.results.run_archive`` is what produces them.
+Summaries are built as dicts (the shape ``pipeline.evaluation.night.evaluate_night`` returns), so
+no pipeline runs here; ``bench.results.run_archive`` is what produces them.
 """
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.results import (ArchiveSet, NOTES_MARKER, parse_archive_set, parse_seeds, results_document,
-                              seed_table, with_notes)
+from bench.results import (
+    NOTES_MARKER, ArchiveSet, parse_archive_set, parse_seeds, results_document, seed_table, with_notes,
+)
 
 
 def _entry(f1: float, fpr: float, family: str = "model", flagged: int = 10) -> dict:
@@ -72,7 +73,7 @@ def test_seeds_parse_in_order_and_none_means_the_configured_ones():
 
 
 def test_results_for_two_archives_give_tables_per_archive_seeds_incidents_and_a_summary(two_archives):
-    command = "python -m pipeline.results --archive-set dev=../shared/data/archive --seeds 42,0"
+    command = "python -m bench.results --archive-set dev=../shared/data/archive --seeds 42,0"
     text = results_document(two_archives, command, "2026-12-04 10:00 UTC")
     assert f"Regenerate with `{command}`." in text
     dev = text[text.index("## dev"):text.index("## other")]

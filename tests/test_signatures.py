@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import signatures
-from pipeline.schema import SPLT_LENGTH
+from pipeline.graph import signatures
+from pipeline.store.schema import SPLT_LENGTH
 
 
 def _flows(sequences, packets):

@@ -1,4 +1,4 @@
-from pipeline.schema import TABLES, spark_schema
+from pipeline.store.schema import TABLES, spark_schema
 
 
 def test_session_is_local_with_hive_catalog(spark):

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import warehouse
+from pipeline.store import warehouse
 
 
 def _errors(n):

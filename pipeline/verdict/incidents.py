@@ -83,7 +83,7 @@ def build_incidents(night: pd.DataFrame, is_flagged: np.ndarray, date: str, gap_
     ``-log10 p`` of each evidence piece (0 where absent); an incident's ``top_evidence``
     lists the pieces by their mean strength over its flagged flows.
     Returns ``incident_id [N]`` (null for unflagged flows) and the incidents table
-    (``pipeline.schema.INCIDENTS`` columns). ``flows`` of an incident counts the night's
+    (``pipeline.store.schema.INCIDENTS`` columns). ``flows`` of an incident counts the night's
     flows, flagged or not, of its host pairs within its time span.
     """
     incident_ids = pd.Series([None] * len(night), index=night.index, dtype=object)
@@ -125,6 +125,6 @@ def build_incidents(night: pd.DataFrame, is_flagged: np.ndarray, date: str, gap_
 
 
 def _empty_incidents() -> pd.DataFrame:
-    from pipeline.schema import INCIDENTS
+    from pipeline.store.schema import INCIDENTS
 
     return INCIDENTS.empty_table().to_pandas()

@@ -16,10 +16,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from pipeline import schema
+from pipeline.store import schema
 from pipeline.verdict import combine, evidence
 from pipeline.verdict.config import VerdictConfig
 from pipeline.verdict.incidents import build_incidents
+
 
 @dataclasses.dataclass(frozen=True)
 class Reference:
@@ -146,7 +147,7 @@ def alarm_threshold(combined: np.ndarray, reference: Reference, config: VerdictC
 
 def score_night(night: pd.DataFrame, reference: Reference, config: VerdictConfig, models_run: tuple[str, ...],
                 date: str, model_version: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(flow_scores rows [N], incidents)`` of one night (``pipeline.schema`` columns)."""
+    """``(flow_scores rows [N], incidents)`` of one night (``pipeline.store.schema`` columns)."""
     pieces, lacking, notes, patterns = evidence_pieces(night, reference, config, models_run)
     combined = combine.fisher(pieces)
     score = combine.score_of(combined)

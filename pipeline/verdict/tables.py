@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import schema, warehouse
+from pipeline.store import schema, warehouse
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import schema
+from pipeline.store import schema
 
 SUCCESS_MARKER = "_SUCCESS"
 BUILD_RECORD = "_BUILD.json"

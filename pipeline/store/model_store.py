@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are saved or loaded, not by
     import torch
 
 MANIFEST = "manifest.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def code_version() -> str:

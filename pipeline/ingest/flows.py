@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import struct
 import ipaddress
 import logging
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,8 +33,8 @@ import pyarrow as pa
 from numba import njit, types
 from numba.typed import Dict
 
-from pipeline import schema
-from pipeline.capture import decode as D
+from pipeline.ingest.capture import decode as D
+from pipeline.store import schema
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``docs/results.md``: the verdict, both detectors and the baselines on labelled archives,
 over several training seeds, one command.
 
-``python -m pipeline.results --archive-set dev=../shared/data/archive
+``python -m bench.results --archive-set dev=../shared/data/archive
 --archive-set other=/data/other/archive:/data/other/labels.csv --seeds 42,0,1
 --warehouse .bench/results --out docs/results.md`` runs DetectTask (production
 configuration from ``conf/luigi.cfg``) on each archive's last night, trained on the nights
@@ -96,10 +96,10 @@ def configured_seed_label(config) -> str:
 # ------------------------------------------------------------------ running one archive
 def screening_only_entry(spark, warehouse: Path, date: str, version: str, labels: Path, alarm_p: float) -> dict:
     """RearView stage 1 alone: score = screening probability, flagged when p > ``alarm_p``."""
-    from pipeline import metrics
-    from pipeline.evaluate import read_flows
-    from pipeline.labels import BENIGN, label_flows, read_labels
-    from pipeline.warehouse import read_partition
+    from pipeline.evaluation import metrics
+    from pipeline.evaluation.labels import BENIGN, label_flows, read_labels
+    from pipeline.evaluation.night import read_flows
+    from pipeline.store.warehouse import read_partition
 
     flows = read_flows(spark, warehouse, date)
     scores = read_partition(spark, warehouse, "flow_scores", date=date, model="rearview",
@@ -122,7 +122,7 @@ def screening_only_entry(spark, warehouse: Path, date: str, version: str, labels
 def run_archive(archive_set: ArchiveSet, seeds: list[int | None], warehouse: Path, date: str | None,
                 log_level: int = logging.INFO) -> dict[str, dict]:
     """DetectTask on the archive's night once per seed; ``{seed label: night summary}``
-    (``pipeline.evaluate.evaluate_night``'s, plus the screening-only entry).
+    (``pipeline.evaluation.night.evaluate_night``'s, plus the screening-only entry).
 
     Sets ``[a2gnn] seed`` and ``[rearview] seed`` in Luigi's configuration before each
     run. Meant to run in a process of its own (``main`` starts one per archive), so each
@@ -228,7 +228,7 @@ def seed_table(summaries: dict[str, dict]) -> str:
 def archive_markdown(archive_set: ArchiveSet, summaries: dict[str, dict]) -> str:
     """One archive's section: the quality table (and incidents) at the first seed, then the
     per-seed block. ``summaries``: ``{seed label: summary}`` in run order."""
-    from pipeline.evaluate import results_markdown
+    from pipeline.evaluation.night import results_markdown
 
     first_label, first = next(iter(summaries.items()))
     versions = ", ".join(f"{m} `{e.get('model_version')}`" for m, e in ordered_detectors(first)["detectors"].items()
@@ -284,7 +284,7 @@ def results_document(results: list[tuple[ArchiveSet, dict[str, dict]]], command:
         f"Regenerate with `{command}`. Generated {generated}. Archives: {names}. Production "
         "configuration (`conf/luigi.cfg`) except the training seeds; every threshold comes from "
         "the training nights, labels are used only here. Flow-level metrics; a flow is an attack "
-        "flow when a row of the labels file matches it (`pipeline/labels.py`); incident-level: an "
+        "flow when a row of the labels file matches it (`pipeline/evaluation/labels.py`); incident-level: an "
         "attack is caught when one of its flows is in a verdict incident, an incident is benign "
         "when none of its flagged flows is an attack flow.", "",
     ]
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"archive set names must differ: {names}")
         plan = [(s, args.warehouse / s.name) for s in sets]
 
-    from pipeline import results as this   # importable by name in the worker process
+    from bench import results as this  # importable by name in the worker process
 
     results = []
     for archive_set, warehouse in plan:
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("%s: %s", archive_set.name, error)
                 return 1
         results.append((archive_set, summaries))
-    command = shlex.join(["python", "-m", "pipeline.results", *argv])
+    command = shlex.join(["python", "-m", "bench.results", *argv])
     generated = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
     text = results_document(results, command, generated)
     args.out.parent.mkdir(parents=True, exist_ok=True)

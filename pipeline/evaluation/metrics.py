@@ -2,7 +2,7 @@
 
 Inputs are aligned per-flow arrays of length ``num_flows``:
 
-* ``is_attack``: bool, the ground truth (``pipeline.labels.label_flows(...) != "benign"``);
+* ``is_attack``: bool, the ground truth (``pipeline.evaluation.labels.label_flows(...) != "benign"``);
 * ``kinds``: str, the attack kind of every flow (``"benign"`` for benign flows);
 * ``scores``: float, higher = more anomalous; NaN (a flow the detector did not score)
   ranks below every scored flow;
@@ -19,7 +19,7 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from pipeline.labels import BENIGN
+from pipeline.evaluation.labels import BENIGN
 
 CURVE_POINTS = 200
 """Most points kept per ROC / PR curve in a JSON summary."""
@@ -169,7 +169,7 @@ def _as_list(value) -> list:
 def incident_listing(incidents, top: int = 20) -> list[dict]:
     """The ``top`` best-ranked incidents of a night as JSON-able dicts.
 
-    ``incidents``: a pandas frame with ``pipeline.schema.INCIDENTS`` columns. Each dict:
+    ``incidents``: a pandas frame with ``pipeline.store.schema.INCIDENTS`` columns. Each dict:
     ``incident_id``, ``rank``, ``score``, ``flagged_flows``, ``flows``, ``hosts`` (the
     first ``INCIDENT_HOSTS_LISTED``), ``hosts_total``, ``services_total``,
     ``first_seen_ms``, ``last_seen_ms``, ``top_evidence``.
@@ -218,12 +218,12 @@ def incident_detection(flows, verdict, incidents, rules, top: int = 20) -> dict:
 
     * ``flows [N]``: the night's flows with ``flow_id`` and ``label_row`` (int: the index
       in ``rules`` of the labels row that matches the flow, -1 for a benign flow;
-      ``pipeline.evaluate.matching_label_rows``);
+      ``pipeline.evaluation.labels.matching_label_rows``);
     * ``verdict``: the verdict's rows with ``flow_id``, ``is_anomaly``, ``incident_id``
       (all of the night's rows, or only the flagged ones: unlisted flows count as not
       flagged);
-    * ``incidents``: the night's ``incidents`` table (``pipeline.schema.INCIDENTS``);
-    * ``rules``: the labels rows (``pipeline.labels.LabelRule``) in file order.
+    * ``incidents``: the night's ``incidents`` table (``pipeline.store.schema.INCIDENTS``);
+    * ``rules``: the labels rows (``pipeline.evaluation.labels.LabelRule``) in file order.
 
     An attack (a labels row) is *caught* when at least one of its flows is flagged and
     in an incident (``incident_id`` not null). An incident is *benign* when none of its

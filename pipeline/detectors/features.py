@@ -1,7 +1,7 @@
 """Numeric flow features shared by both detectors, and their normalisation.
 
 The detectors see the same per-flow vector: the statistical columns of the ``flows``
-table (``pipeline.schema.FLOWS``), ``log1p``-scaled (counts, bytes and times are
+table (``pipeline.store.schema.FLOWS``), ``log1p``-scaled (counts, bytes and times are
 heavy-tailed) and standardised with statistics fitted on the *training window* only.
 The statistics are a small JSON-able dict stored with every model artifact, so a
 scored night is never normalised with its own statistics.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import DIRECTIONS, TCP_FLAGS
+from pipeline.store.schema import DIRECTIONS, TCP_FLAGS
 
 _PER_DIRECTION = (
     "duration_ms",

@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from pipeline import relationships, schema, warehouse
+from pipeline.store import schema, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def ensure_database(spark, database: str, warehouse_root: Path) -> None:
         f"  GROUP BY `date`) newest "
         f"ON i.`date` = newest.`date` AND i.model_version = newest.model_version"
     )
-    aggregates = ", ".join(f"{expression} AS {name}" for name, expression in relationships.SUMMARY_AGGREGATES)
+    aggregates = ", ".join(f"{expression} AS {name}" for name, expression in schema.RELATIONSHIPS_SUMMARY)
     spark.sql(
         f"CREATE OR REPLACE VIEW {db}.relationships AS "
         f"SELECT kind, entity, {aggregates} FROM {db}.relationship_nights GROUP BY kind, entity"

@@ -1,15 +1,15 @@
 """RearView's settings as a plain dataclass (no torch import).
 
-Kept apart from ``pipeline.rearview_stage`` so that reading configuration (Luigi's task
+Kept apart from ``pipeline.detectors.rearview.training`` so that reading configuration (Luigi's task
 parameters, model versions) does not import torch and PyTorch Geometric (~8 s per
 ``luigi --module jobs`` start on this machine). The decision rules are described in
-``pipeline.rearview_stage``.
+``pipeline.detectors.rearview.training``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from pipeline.rearview_windows import eviction_count
+from pipeline.detectors.rearview.windows import eviction_count
 
 DECISION_RULES = ("paper", "calibrated", "fused")
 
@@ -21,7 +21,7 @@ class RearViewConfig:
     ``validation_fraction``: share of each training night (its last flows in start
     order) held out as benign validation flows for the threshold.
     ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-    ``num_processes``/``use_gpu``: passed to ``pipeline.distributed_training.run_training``.
+    ``num_processes``/``use_gpu``: passed to ``pipeline.detectors.distributed_training.run_training``.
     ``cpu_threads``: torch intra-op threads per training or scoring process on CPU (1:
     the networks are small, and more threads on a shared machine cost far more in
     contention than they gain; it also keeps CPU runs bit-reproducible).
@@ -40,7 +40,7 @@ class RearViewConfig:
     score (:func:`ensemble_refined`); 5 was fixed before any dev measurement of it, as a
     cost/variance compromise (refinement costs K times one member).
     ``burst_window_ms``: half-width of the time window of the burst counts added to each
-    session-graph edge (``pipeline.rearview_bursts``); 0 = off (the session graph counts
+    session-graph edge (``pipeline.detectors.rearview.bursts``); 0 = off (the session graph counts
     a host's flows over the whole FIFO window only).
     """
 
@@ -92,5 +92,5 @@ class RearViewConfig:
 FIELDS_ADDED_LATER = {f.name: f.metadata["added_later"] for f in fields(RearViewConfig) if "added_later" in f.metadata}
 """Fields added after RearView versions existed, with the value those versions were
 trained with (``metadata={"added_later": v}``). An artifact whose ``config.json`` lacks
-one reads it as this value (``rearview_stage.load_artifacts``); ``jobs.config.config_as_dict``
+one reads it as this value (``inference.load_artifacts``); ``jobs.config.config_as_dict``
 leaves a field at this value out of the version hash, so those versions keep their ids."""

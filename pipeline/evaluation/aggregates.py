@@ -3,7 +3,7 @@
 Without labels the summary needs only counts, a threshold and a histogram per detector,
 so nothing night-sized has to reach the driver: every figure here is one Spark
 aggregation, and the driver's memory no longer grows with the night (the pandas path of
-``pipeline.evaluate`` held the night's keys and both models' scores there, +191 MiB at
+``pipeline.evaluation.night`` held the night's keys and both models' scores there, +191 MiB at
 212k flows). The results equal that path's exactly (``tests/test_evaluate.py``):
 
 * histograms: ``bins`` equal-width bins between the finite minimum and maximum,
@@ -14,7 +14,7 @@ aggregation, and the driver's memory no longer grows with the night (the pandas 
   is False;
   ``threshold``: the exact median of the non-null, non-NaN thresholds;
 * ``novelty_lookup``: 1.0 for a flow whose ``dst_ip|dst_port|protocol`` (nulls as empty
-  fields) no training night's flow has, else 0.0 (``pipeline.baselines``).
+  fields) no training night's flow has, else 0.0 (``pipeline.evaluation.baselines``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from pipeline.baselines import TRIPLET_COLUMNS
+from pipeline.evaluation.baselines import TRIPLET_COLUMNS
 
 HISTOGRAM_BINS = 40
 
@@ -86,7 +86,7 @@ def model_entry(scores_df) -> dict:
 
     ``scores_df``: the night's ``flow_scores`` rows of one model version
     (``score, threshold, is_anomaly``), one per flow of the night's ``flows`` table (the
-    table's contract: ``pipeline.schema``; the pandas path aligned them by ``flow_id``).
+    table's contract: ``pipeline.store.schema``; the pandas path aligned them by ``flow_id``).
     """
     from pyspark.sql import functions as F
 

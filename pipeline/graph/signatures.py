@@ -10,7 +10,7 @@ mean, standard deviation, minimum, maximum and mean energy: 15 numbers per flow.
 The similarity edges of the graph compare signatures with Pearson's correlation after
 standardising every statistic with a mean and standard deviation fitted on the
 *training window* (``fit_signature_normalisation``). Those statistics are a small
-JSON-able dict stored with the run and passed to ``pipeline.graph.build_graph``, so a
+JSON-able dict stored with the run and passed to ``pipeline.graph.build.build_graph``, so a
 scored night is never normalised with its own statistics.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pywt
 
-from pipeline.schema import SPLT_LENGTH
+from pipeline.store.schema import SPLT_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def check_signature_stats(stats: dict) -> None:
         if stats.get(key) != value:
             raise ValueError(
                 f"signature stats field {key!r} is {stats.get(key)!r}, expected {value!r}: "
-                "refit them with pipeline.signatures.fit_signature_normalisation"
+                "refit them with pipeline.graph.signatures.fit_signature_normalisation"
             )
 
 

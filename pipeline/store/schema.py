@@ -9,7 +9,7 @@ Conventions (binding for every table, see ``../shared/docs/DESIGN.md``):
 * sizes are IP-layer bytes (IP header + payload, what NFStream calls ``ip`` accounting);
 * the partition columns (``date``; for scores ``model`` and ``model_version``) are *not*
   in these schemas: they live in the directory names (``date=YYYY-MM-DD/``) and Spark
-  adds them on read (``pipeline.warehouse.read_partition``).
+  adds them on read (``pipeline.store.warehouse.read_partition``).
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ GRAPH_EDGES = pa.schema(
     [
         pa.field("src", pa.string(), nullable=False),
         pa.field("dst", pa.string(), nullable=False),
-        pa.field("relationship", pa.string()),        # src | dst | relay | similarity | fanin (pipeline.graph)
+        pa.field("relationship", pa.string()),        # src | dst | relay | similarity | fanin (pipeline.graph.build)
         pa.field("weight", pa.float64()),
     ]
 )
@@ -142,7 +142,7 @@ GRAPH_FANIN_SERVICES = pa.schema(
         pa.field("fanin_flows", pa.int64()),           # flows with another initiator's flow <= window before
     ]
 )
-"""Services that had fan-in on a night's *training window* (``pipeline.graph.fanin_services``;
+"""Services that had fan-in on a night's *training window* (``pipeline.graph.build.fanin_services``;
 partition ``date`` = the night whose graph uses it, not a night of the window)."""
 
 ATOMS = pa.schema(
@@ -216,6 +216,16 @@ Entities (``pipeline.relationships``): ``host`` = an IP; ``service`` =
 ``dst_ip|dst_port|protocol``; ``host_pair`` = ``ip_low|ip_high`` (unordered);
 ``client_service`` = ``src_ip>dst_ip|dst_port|protocol``. The ``relationships`` view
 aggregates every night (first / last night seen, nights seen, flows)."""
+
+RELATIONSHIPS_SUMMARY = (
+    ("first_night", "min(`date`)"),
+    ("last_night", "max(`date`)"),
+    ("nights_seen", "count(DISTINCT `date`)"),
+    ("flows", "sum(flows)"),
+)
+"""The ``relationships`` view's per (kind, entity) aggregates of ``relationship_nights``, as
+Spark SQL: used by ``pipeline.relationships.relationships_summary`` and by the metastore's
+view, so both say the same thing."""
 
 INCIDENTS = pa.schema(
     [

@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.graph import SEMANTIC_RELATIONSHIPS
-from pipeline.graph_engine import DRIVER_MAX_EDGES
+from pipeline.graph.build import SEMANTIC_RELATIONSHIPS
+from pipeline.graph.engine import DRIVER_MAX_EDGES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class PartitionConfig:
     max_projection_host_degree: hosts with more flows add no co-membership edges.
     max_projection_pair_flows: host pairs with more flows add no conversation edges.
     engine: connected-components engine (``auto`` | ``graphframes`` | ``dataframes`` |
-        ``driver``; ``pipeline.graph_engine``).
+        ``driver``; ``pipeline.graph.engine``).
     leiden_buckets: components are hashed into at least this many pandas tasks.
     flows_per_leiden_task: and into at least ``ceil(flows / flows_per_leiden_task)``, so a
         task's memory is bounded as the night grows. Execution only, like the next field
@@ -356,7 +356,7 @@ def project_flow_graph(edges_df, config: PartitionConfig):
 def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     """Atoms of every flow vertex: Spark DataFrame with exactly the ATOMS columns.
 
-    ``vertices_df``/``edges_df``: the graph of ``pipeline.graph.build_graph``.
+    ``vertices_df``/``edges_df``: the graph of ``pipeline.graph.build.build_graph``.
 
     Steps: the compact flow graph (``flow_graph_parts``); weakly connected components of
     flows joined by semantic edges and group memberships (a star per group has the same
@@ -366,8 +366,8 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     """
     from pyspark.sql import functions as F
 
-    from pipeline import graph_engine
-    from pipeline.schema import spark_schema
+    from pipeline.graph import engine as graph_engine
+    from pipeline.store.schema import spark_schema
 
     flows = vertices_df.where(F.col("type") == "flow").select(
         F.regexp_replace("id", "^flow:", "").alias("flow")

@@ -1,10 +1,10 @@
 """Three unsupervised baselines, fitted on benign training nights only (no labels).
 
 * ``isolation_forest``: scikit-learn ``IsolationForest`` on the raw flow features
-  (``pipeline.features.raw_matrix``: log1p-scaled, not standardised; trees do not care).
+  (``pipeline.detectors.features.raw_matrix``: log1p-scaled, not standardised; trees do not care).
   Score = ``-score_samples`` (higher = more anomalous).
 * ``knn_distance``: Euclidean distance to the ``k``-th nearest training flow in the
-  standardised feature space (``pipeline.features`` normalisation fitted on the training
+  standardised feature space (``pipeline.detectors.features`` normalisation fitted on the training
   flows). Training scores are leave-one-out (a training flow is not its own neighbour).
   The reference set is at most ``knn_max_reference`` training flows (a seeded uniform
   sample when the window has more), so scoring a night costs ``O(night x cap)``, not
@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.features import apply_normalisation, fit_normalisation, raw_matrix
+from pipeline.detectors.features import apply_normalisation, fit_normalisation, raw_matrix
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Baselines:
     def score(self, flows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{name: (scores [num_flows] float64, is_anomaly [num_flows] bool)}`` per fitted baseline.
 
-        ``flows`` has the ``flows`` table's columns (``pipeline.schema.FLOWS``; the
+        ``flows`` has the ``flows`` table's columns (``pipeline.store.schema.FLOWS``; the
         novelty lookup alone needs only ``TRIPLET_COLUMNS``).
         """
         if len(flows) == 0:

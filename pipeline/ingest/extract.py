@@ -1,8 +1,8 @@
 """Night extraction: an archive date's capture files -> flows, ingest_stats, ingest_errors.
 
 Spark distributes the files (a DataFrame of paths, one file per task, ``mapInArrow``);
-each file is read streaming (``pipeline.capture.reader``) and assembled into mergeable
-partial flows (``pipeline.flows``), which the task finalises and writes itself, as Parquet
+each file is read streaming (``pipeline.ingest.capture.reader``) and assembled into mergeable
+partial flows (``pipeline.ingest.flows``), which the task finalises and writes itself, as Parquet
 files in the flows partition's staging directory, except those that may straddle a file
 boundary (left open at a file's end, or starting within the idle timeout of a file's first
 packet): those travel to the driver as Arrow IPC blobs and are merged per key there, so
@@ -27,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import schema
-from pipeline import warehouse as store
-from pipeline.capture import decode
-from pipeline.capture.reader import CaptureReader
-from pipeline.flows import (PARTIAL_SCHEMA, R_EOC, FlowAssembler, FlowConfig,
-                            expire_at_night_end, finalize, merge_partial_table)
+from pipeline.ingest.capture import decode
+from pipeline.ingest.capture.reader import CaptureReader
+from pipeline.ingest.flows import (
+    PARTIAL_SCHEMA, R_EOC, FlowAssembler, FlowConfig, expire_at_night_end, finalize, merge_partial_table,
+)
+from pipeline.store import schema
+from pipeline.store import warehouse as store
 
 log = logging.getLogger(__name__)
 

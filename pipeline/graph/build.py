@@ -1,7 +1,7 @@
 """The heterogeneous interaction graph of a night's flows, in GraphFrames' schema.
 
-Vertices (``pipeline.schema.GRAPH_VERTICES``): ``host:<ip>`` (type ``host``) and
-``flow:<flow_id>`` (type ``flow``). Edges (``pipeline.schema.GRAPH_EDGES``):
+Vertices (``pipeline.store.schema.GRAPH_VERTICES``): ``host:<ip>`` (type ``host``) and
+``flow:<flow_id>`` (type ``flow``). Edges (``pipeline.store.schema.GRAPH_EDGES``):
 
 * physical: ``host:<src_ip> -[src]-> flow:<id> -[dst]-> host:<dst_ip>``, weight 1;
 * relay: ``flow:A -[relay]-> flow:B`` when A goes *into* host H (H is A's responder),
@@ -10,7 +10,7 @@ Vertices (``pipeline.schema.GRAPH_VERTICES``): ``host:<ip>`` (type ``host``) and
 * similarity: ``flow:A -[similarity]- flow:B`` (stored once, A < B) when both touch the
   same host, start within ``similarity_window_s``, both have more than ``min_packets``
   packets, their packet counts differ by at most ``max_packet_count_gap`` and the Pearson
-  correlation of their normalised wavelet signatures (``pipeline.signatures``) exceeds
+  correlation of their normalised wavelet signatures (``pipeline.graph.signatures``) exceeds
   ``min_correlation``; weight = the correlation;
 * fanin (``fanin_edges``; off in ``GraphConfig()``, on in production's conf with
   ``fanin_scope = "no_training_fanin"``, see below):
@@ -80,12 +80,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline import signatures
+from pipeline.graph import signatures
 
 log = logging.getLogger(__name__)
 
 SEMANTIC_RELATIONSHIPS = ("relay", "similarity", "fanin")
-"""Every flow--flow edge kind ``build_graph`` can write (``pipeline.partition`` projects
+"""Every flow--flow edge kind ``build_graph`` can write (``pipeline.graph.partition`` projects
 each of them to a weighted flow--flow edge)."""
 PHYSICAL_RELATIONSHIPS = ("src", "dst")
 SEMANTIC_PRIORITY = {"relay": 0, "similarity": 0, "fanin": 1}
@@ -426,7 +426,7 @@ def fanin_services(flows_df, config: GraphConfig):
 def build_graph(flows_df, config: GraphConfig, signature_stats: dict, trained_fanin_services=None):
     """Build ``(vertices_df, edges_df)`` from a ``flows`` DataFrame (schema ``FLOWS``).
 
-    ``signature_stats``: from ``pipeline.signatures.fit_signature_normalisation`` on the
+    ``signature_stats``: from ``pipeline.graph.signatures.fit_signature_normalisation`` on the
     training window (never refitted here). ``trained_fanin_services``: ``fanin_services``
     of the training window, required when fan-in edges are on with ``fanin_scope`` =
     ``"no_training_fanin"`` (ignored otherwise). Returns Spark DataFrames with exactly the

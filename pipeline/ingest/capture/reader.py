@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from pipeline.capture import decode
+from pipeline.ingest.capture import decode
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """RearView scoring as Spark work: numbering, spans of FIFO windows, one task per span.
 
 The driver side only: it reads the artifact's ``config.json`` and plans the tasks, and
-never imports torch (~8 s); each task runs :func:`pipeline.rearview_stage.score_task` on
+never imports torch (~8 s); each task runs :func:`pipeline.detectors.rearview.inference.score_task` on
 a worker, which loads the artifact once per worker process.
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import features, model_store, schema
+from pipeline.detectors import features
+from pipeline.detectors.rearview.config import RearViewConfig
+from pipeline.detectors.rearview.windows import eviction_count, window_count
 from pipeline.ordering import with_sequence_index
-from pipeline.rearview_config import RearViewConfig
-from pipeline.rearview_windows import eviction_count, window_count
+from pipeline.store import model_store, schema
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str,
     windows are cut into spans of ``max(1, flows_per_task // evict)`` consecutive windows,
     and each span is one ``applyInPandas`` group holding its flows plus the
     ``queue_size - evict`` flows of context its last window reaches into the next span
-    (a flow is replicated into at most two spans). Equal to :func:`pipeline.rearview_stage.score_flows_local`.
+    (a flow is replicated into at most two spans). Equal to :func:`pipeline.detectors.rearview.inference.score_flows_local`.
     ``model_version`` is the artifact's version (the caller writes it as the
     ``model_version`` partition).
     """
@@ -62,7 +63,7 @@ def score_rearview(spark, flows_df, artifact_dir: Path, model_version: str,
     path = str(artifact_dir)
 
     def body(frame: pd.DataFrame) -> pd.DataFrame:
-        from pipeline.rearview_stage import score_task  # torch: imported on the workers only
+        from pipeline.detectors.rearview.inference import score_task  # torch: imported on the workers only
 
         return score_task(path, num_flows, per_task, frame)
 
