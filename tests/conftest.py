@@ -1,7 +1,10 @@
-"""Shared fixtures: one SparkSession for the whole test session, real data paths."""
+"""Shared fixtures: one SparkSession for the whole test session, real data paths, and one
+DetectTask run on the embedded sample archive that many tests read."""
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,43 @@ def spark(spark_warehouse):
     session = get_spark(spark_warehouse, overrides={"spark.master": "local[2]"})
     yield session
     session.stop()
+
+
+@dataclass(frozen=True)
+class DetectRun:
+    """The session's DetectTask run: ``root`` is its warehouse (tests/test_detect_task.py
+    reruns stages there), ``pristine`` a copy taken as soon as it finished, for tests that
+    start from its tables and trained models (copy it, never write into it)."""
+
+    root: Path
+    result: object  # luigi.execution_summary.LuigiRunResult
+    pristine: Path
+
+
+@pytest.fixture(scope="session")
+def detect_run(spark, tmp_path_factory) -> DetectRun:
+    """``DetectTask`` on the sample archive's third night (2026-01-03) in this process, with
+    the tiny model sizes of tests/conf/tiny.cfg and the sample labels: both detectors trained
+    on the two nights before, every stage of the night, the verdict, publication and report."""
+    import datetime as dt
+
+    import luigi
+    from luigi.configuration.cfg_parser import LuigiConfigParser
+
+    import jobs
+    from tests.pipeline_runs import SAMPLE_ARCHIVE, SAMPLE_LABELS, TINY_CFG
+
+    root = tmp_path_factory.mktemp("detect")
+    luigi.configuration.get_config().set("ReportTask", "labels", str(SAMPLE_LABELS))
+    LuigiConfigParser.add_config_path(str(TINY_CFG))
+    LuigiConfigParser.reload()
+    try:
+        result = luigi.build([jobs.DetectTask(date=dt.date(2026, 1, 3), archive=str(SAMPLE_ARCHIVE),
+                                              warehouse=str(root))],
+                             local_scheduler=True, detailed_summary=True, log_level="WARNING")
+    finally:
+        LuigiConfigParser._config_paths.remove(str(TINY_CFG))
+        LuigiConfigParser.reload()
+    pristine = tmp_path_factory.mktemp("detect_pristine") / "warehouse"
+    shutil.copytree(root, pristine)
+    return DetectRun(root, result, pristine)

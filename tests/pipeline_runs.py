@@ -55,6 +55,14 @@ def table_rows(warehouse: Path, table: str, sort_by: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: tuple(str(r.get(c)) for c in sort_by))
 
 
+def without_night(warehouse: Path, night: str, target: Path) -> Path:
+    """A copy of ``warehouse`` at ``target`` without any output of ``night`` (every
+    ``date=<night>`` partition, its report and publication): a DetectTask of that night on it
+    redoes every stage of the night, with the models (and the other nights) already there."""
+    shutil.copytree(warehouse, target, ignore=shutil.ignore_patterns(f"date={night}", "metastore_db"))
+    return target
+
+
 def copy_archive(nights: list[str], target: Path) -> Path:
     for night in nights:
         shutil.copytree(SAMPLE_ARCHIVE / night, target / night)

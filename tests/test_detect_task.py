@@ -10,7 +10,7 @@ from luigi.configuration.cfg_parser import LuigiConfigParser
 
 import jobs
 from pipeline.store import model_store, warehouse
-from tests.pipeline_runs import SAMPLE_ARCHIVE, SAMPLE_LABELS, TINY_CFG, settings, table_rows
+from tests.pipeline_runs import SAMPLE_ARCHIVE, TINY_CFG, settings, table_rows
 
 pytestmark = pytest.mark.slow
 NIGHT = dt.date(2026, 1, 3)
@@ -34,11 +34,9 @@ def _detect(warehouse_root, **params):
 
 
 @pytest.fixture(scope="module")
-def detected(spark, tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("detect")
-    luigi.configuration.get_config().set("ReportTask", "labels", str(SAMPLE_LABELS))
-    result = _build(_detect(root))
-    return root, result
+def detected(detect_run, tiny_models):
+    """The session's DetectTask run (tests/conftest.py): these tests rerun stages in its warehouse."""
+    return detect_run.root, detect_run.result
 
 
 def test_detect_runs_every_stage_and_succeeds(detected):

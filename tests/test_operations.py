@@ -1,7 +1,10 @@
 """Operating the pipeline as data engineers do: real luigid, real kills, real Spark master.
 
 Each test runs ``luigi --module jobs DetectTask`` as a separate process (its own JVM and
-metastore) on the first sample night, with the tiny model sizes of tests/conf/tiny.cfg.
+metastore) on the third sample night, with the tiny model sizes of tests/conf/tiny.cfg. Each
+starts from a copy of the session's DetectTask warehouse (tests/conftest.py ``detect_run``)
+without that night's outputs: it redoes every stage of the night, with the models already
+trained on the nights before.
 """
 from __future__ import annotations
 
@@ -19,11 +22,11 @@ import pytest
 from pipeline.store import warehouse
 from tests.pipeline_runs import (
     REPO_ROOT, SAMPLE_ARCHIVE, TINY_CFG, VENV_BIN, free_port, luigi_command, luigi_env, run_luigi,
-    table_rows,
+    table_rows, without_night,
 )
 
 pytestmark = pytest.mark.slow
-NIGHT = "2026-01-01"
+NIGHT = "2026-01-03"
 TABLE_KEYS = {
     "flows": ["flow_id"], "ingest_stats": ["capture_file"], "atoms": ["flow_id"],
     "graph_edges": ["src", "dst", "relationship"], "flow_scores": ["model", "flow_id"],
@@ -32,7 +35,10 @@ TABLE_KEYS = {
 
 
 def _detect_args(warehouse_root: Path, *extra: str) -> list[str]:
-    return ["--date", NIGHT, "--archive", str(SAMPLE_ARCHIVE), "--warehouse", str(warehouse_root), *extra]
+    # --retrain-after-days 0: the night takes its models from its training tasks (complete in
+    # the copied warehouse), as a night that trains does, instead of reusing them by age
+    return ["--date", NIGHT, "--archive", str(SAMPLE_ARCHIVE), "--warehouse", str(warehouse_root),
+            "--retrain-after-days", "0", *extra]
 
 
 def _wait_for_port(port: int, timeout_s: float = 60) -> None:
@@ -66,9 +72,9 @@ def luigid(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference_run(luigid, tmp_path_factory):
+def reference_run(luigid, detect_run, tmp_path_factory):
     """An uninterrupted DetectTask through luigid: the tables other runs must equal."""
-    root = tmp_path_factory.mktemp("reference")
+    root = without_night(detect_run.pristine, NIGHT, tmp_path_factory.mktemp("reference") / "warehouse")
     result = run_luigi("DetectTask", *_detect_args(root), "--scheduler-host", "127.0.0.1",
                        "--scheduler-port", str(luigid))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -97,8 +103,8 @@ def test_failed_task_makes_luigi_exit_non_zero(tmp_path):
     assert "no night 2031-05-05" in result.stdout + result.stderr
 
 
-def test_killed_run_resumes_to_the_same_tables(reference_run, tmp_path):
-    root = tmp_path / "killed"
+def test_killed_run_resumes_to_the_same_tables(reference_run, detect_run, tmp_path):
+    root = without_night(detect_run.pristine, NIGHT, tmp_path / "killed")
     process = subprocess.Popen(luigi_command("DetectTask", *_detect_args(root), "--local-scheduler"),
                                cwd=REPO_ROOT, env=luigi_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
@@ -132,11 +138,11 @@ def test_new_partitions_are_visible_to_a_fresh_spark_sql_session(reference_run):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     counts = [int(line) for line in result.stdout.split() if line.strip().isdigit()]
-    flows = len(table_rows(reference_run, "flows", ["flow_id"]))
+    flows = len(table_rows(reference_run / "flows", f"date={NIGHT}", ["flow_id"]))
     assert counts == [flows, flows]
 
 
-def test_standalone_spark_master_gives_the_same_tables(reference_run, tmp_path):
+def test_standalone_spark_master_gives_the_same_tables(reference_run, detect_run, tmp_path):
     spark_class = Path(__import__("pyspark").__file__).parent / "bin" / "spark-class"
     master_port, env = free_port(), dict(os.environ, SPARK_LOCAL_IP="127.0.0.1",
                                          PYSPARK_PYTHON=str(VENV_BIN / "python"))
@@ -154,7 +160,7 @@ def test_standalone_spark_master_gives_the_same_tables(reference_run, tmp_path):
         cluster_cfg = tmp_path / "cluster.cfg"
         cluster_cfg.write_text(TINY_CFG.read_text() + f"\n[spark]\nmaster = spark://127.0.0.1:{master_port}\n"
                                "driver.host = 127.0.0.1\nexecutor.memory = 2g\n")
-        root = tmp_path / "cluster"
+        root = without_night(detect_run.pristine, NIGHT, tmp_path / "cluster")
         result = run_luigi("DetectTask", *_detect_args(root), "--local-scheduler",
                            env=luigi_env(LUIGI_CONFIG_PATH=str(cluster_cfg), SPARK_LOCAL_IP="127.0.0.1"))
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
