@@ -3,15 +3,22 @@
 Kept apart from ``pipeline.detectors.rearview.training`` so that reading configuration (Luigi's task
 parameters, model versions) does not import torch and PyTorch Geometric (~8 s per
 ``luigi --module jobs`` start on this machine). The decision rules are described in
-``pipeline.detectors.rearview.training``.
+``pipeline.detectors.rearview.decision``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from pipeline.detectors import features
 from pipeline.detectors.rearview.windows import eviction_count
 
 DECISION_RULES = ("paper", "calibrated", "fused")
+
+# the flows columns RearView reads (training and scoring)
+FLOW_COLUMNS = (
+    "flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
+    "first_seen_ms", "last_seen_ms", "community_id",
+) + features.FEATURE_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.detectors import features
-from pipeline.detectors.rearview.config import RearViewConfig
+from pipeline.detectors.rearview.config import FLOW_COLUMNS, RearViewConfig
 from pipeline.detectors.rearview.windows import eviction_count, window_count
 from pipeline.ordering import with_sequence_index
 from pipeline.store import model_store, schema
 
 log = logging.getLogger(__name__)
 
-# the flows columns scoring reads
-FLOW_COLUMNS = (
-    "flow_id", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
-    "first_seen_ms", "last_seen_ms", "community_id",
-) + features.FEATURE_COLUMNS
 # Flows one Spark scoring task handles (its span of FIFO windows, see score_rearview):
 # large enough that per-task overhead (artifact load, Arrow transfer) is small next to
 # the work, small enough that a night splits into several tasks per core.

@@ -51,11 +51,10 @@ from pipeline.detectors.rearview.conditions import (
     NUM_FALLBACK_CELLS, assign_conditions, build_condition_vocabulary, cross_night_novelty, fallback_cells,
     order_flows, triplet_keys, validation_mask,
 )
-from pipeline.detectors.rearview.config import RearViewConfig
+from pipeline.detectors.rearview.config import FLOW_COLUMNS, RearViewConfig
 from pipeline.detectors.rearview.decision import (
     Calibration, RefinementMember, TailModel, decide_flows, ensemble_refined, member_seed,
 )
-from pipeline.detectors.rearview.scoring import FLOW_COLUMNS
 from pipeline.detectors.rearview.session import edge_features, embed_windows, stream_windows
 from pipeline.detectors.rearview.windows import eviction_count
 from pipeline.store import model_store
