@@ -74,3 +74,23 @@ def detect_run(spark, tmp_path_factory) -> DetectRun:
     pristine = tmp_path_factory.mktemp("detect_pristine") / "warehouse"
     shutil.copytree(root, pristine)
     return DetectRun(root, result, pristine)
+
+
+DETECT_RUN_MODULES = ("tests/test_detect_task.py", "tests/test_operations.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs two pytest-xdist workers (``-n 2 --dist loadfile``): each test module
+    stays on one worker, so its module-scoped fixtures are built once, and the modules that
+    read ``detect_run`` share one worker, so the session's DetectTask runs once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesSharingTheDetectRun(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "detect_run" if module in DETECT_RUN_MODULES else module
+
+    return ModulesSharingTheDetectRun(config, log)
