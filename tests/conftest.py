@@ -83,7 +83,9 @@ DETECT_RUN_MODULES = ("tests/test_detect_task.py", "tests/test_operations.py")
 def pytest_xdist_make_scheduler(config, log):
     """``make test`` runs two pytest-xdist workers (``-n 2 --dist loadfile``): each test module
     stays on one worker, so its module-scoped fixtures are built once, and the modules that
-    read ``detect_run`` share one worker, so the session's DetectTask runs once."""
+    read ``detect_run`` share one worker, so the session's DetectTask runs once. That group is
+    the longest (about half the wall time), so it is handed out first: started last, it kept
+    one worker busy for two minutes after the other had run out of work."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -92,5 +94,10 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
             return "detect_run" if module in DETECT_RUN_MODULES else module
+
+        def _assign_work_unit(self, node) -> None:
+            if "detect_run" in self.workqueue:
+                self.workqueue.move_to_end("detect_run", last=False)
+            super()._assign_work_unit(node)
 
     return ModulesSharingTheDetectRun(config, log)
