@@ -46,14 +46,13 @@ run: install
 	@echo "          Spark SQL database 'traffic' (metastore $(WAREHOUSE)/metastore_db)"
 	@echo "Report:   $$(ls -d $(WAREHOUSE)/reports/date=$(DATE)/*/report.html | tail -n 1)"
 
-# Three pytest workers (pytest-xdist) on two cores: the suite mostly waits on JVM start-ups,
-# subprocesses and small Spark jobs (about half a core busy with one worker), so three
-# workers keep both cores busy. Each test module stays on one worker, so every expensive
-# fixture is built once per worker that needs it; the two longest modules start first
-# (tests/conftest.py). `pytest` alone runs the same tests in one process.
+# Two pytest workers (pytest-xdist): much of the suite waits on JVMs, subprocesses and small
+# Spark jobs, so two workers fill the two cores. Each test module stays on one worker, and the
+# modules that read the session's DetectTask run share one (tests/conftest.py), so every
+# expensive fixture is built once; `pytest` alone runs the same tests in one process.
 # More options: make test PYTEST_ARGS="--durations=25" (or -m "not slow", -k NAME).
 test: install
-	$(PY) -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run_all.py --shared-data $(SHARED_DATA)

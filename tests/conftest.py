@@ -76,27 +76,28 @@ def detect_run(spark, tmp_path_factory) -> DetectRun:
     return DetectRun(root, result, pristine)
 
 
-LONGEST_MODULES = ("tests/test_operations.py", "tests/test_detect_task.py")
-"""Handed out first (each 3-5 minutes, mostly waiting on JVMs and subprocesses)."""
+DETECT_RUN_MODULES = ("tests/test_detect_task.py", "tests/test_operations.py")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``make test`` runs pytest-xdist workers with ``--dist loadfile``: each test module stays
-    on one worker, so its module-scoped fixtures are built once per run. The two modules that
-    read ``detect_run`` are the longest chains and are handed out first, each to its own
-    worker (which builds the session's DetectTask run once: about 80 s, mostly waiting, paid
-    twice so that neither chain waits for the other); the other modules fill the workers
-    as they free up."""
+    """``make test`` runs two pytest-xdist workers (``-n 2 --dist loadfile``): each test module
+    stays on one worker, so its module-scoped fixtures are built once, and the modules that
+    read ``detect_run`` share one worker, so the session's DetectTask runs once. That group is
+    the longest (about half the wall time), so it is handed out first: started last, it kept
+    one worker busy for two minutes after the other had run out of work."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class LongestModulesFirst(LoadFileScheduling):
+    class ModulesSharingTheDetectRun(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "detect_run" if module in DETECT_RUN_MODULES else module
+
         def _assign_work_unit(self, node) -> None:
-            for module in reversed(LONGEST_MODULES):
-                if module in self.workqueue:
-                    self.workqueue.move_to_end(module, last=False)
+            if "detect_run" in self.workqueue:
+                self.workqueue.move_to_end("detect_run", last=False)
             super()._assign_work_unit(node)
 
-    return LongestModulesFirst(config, log)
+    return ModulesSharingTheDetectRun(config, log)
