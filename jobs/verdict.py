@@ -21,9 +21,10 @@ class ScoreVerdictTask(ScoredNightTask):
     evidence is stated as lacking, never scored as benign).
 
     Calibration (``pipeline.verdict``): every piece of evidence is a tail probability on
-    benign flows, and the alarm threshold is set on the *validation nights*: the nights
-    the detectors' versions were trained on, each with its own history as of its night,
-    scored by the same versions. The version names the detectors' versions, the
+    benign flows of the *validation nights* (the nights the detectors' versions were
+    trained on, each with its own history as of its night, scored by the same versions);
+    the alarm threshold follows ``[verdict] threshold_rule`` (by default the night's own
+    bulk sets it, ``pipeline.verdict.combine``). The version names the detectors' versions, the
     ``[verdict]`` settings, the history window and the validation nights, so a pinned
     reprocessing run gives identical rows, and another configuration writes another
     partition instead of overwriting this one.
