@@ -40,7 +40,7 @@ def night_frame(spark, warehouse_root: Path, date: str, history_dates: list[str]
     from pipeline.relationships import entity_columns, flow_history, read_nights
 
     flows = warehouse.read_partition(spark, warehouse_root, "flows", date=date)
-    history = flow_history(flows, read_nights(spark, warehouse_root, [d for d in history_dates if d < date]), date)
+    history = flow_history(flows, read_nights(spark, warehouse_root, history_dates), date)  # cuts at ``date``
     frame = entity_columns(flows).select(*_FLOW_KEYS, "service", "host_pair").join(history, "flow_id", "left")
     for model, renames in (("a2gnn", _A2GNN), ("rearview", _REARVIEW)):
         if model in versions:
@@ -56,27 +56,17 @@ def night_frame(spark, warehouse_root: Path, date: str, history_dates: list[str]
 
 
 def a2gnn_calibration(artifact_dir: Path) -> dict:
-    """A2GNN's benign training calibration statistics (member 0 of an ensemble) and
-    thresholds, from the artifact's ``anchors.safetensors`` and ``threshold.json``."""
-    from safetensors.numpy import load_file
+    """A2GNN's benign training calibration (the detector owns its artifact's format)."""
+    from pipeline.detectors.a2gnn import benign_calibration
 
-    from models.a2gnn_config import ANCHORS_FILE, member_dir
-
-    thresholds = json.loads((Path(artifact_dir) / "threshold.json").read_text())
-    member = (thresholds.get("members") or [thresholds])[0]
-    anchors_path = Path(artifact_dir) / member_dir(0) / ANCHORS_FILE
-    anchors = load_file(str(anchors_path))
-    return {"train_scores": anchors["train_scores"].astype(np.float64),
-            "atom_scores": anchors.get("atom_scores", np.zeros(0)).astype(np.float64),
-            "flow_threshold": float(member.get("flow_threshold", member["threshold"])),
-            "atom_threshold": float(member.get("atom_threshold", 0.0))}
+    return benign_calibration(artifact_dir)
 
 
 def rearview_calibration(artifact_dir: Path) -> dict:
     """RearView's benign validation flows: screening ``p`` and ``refined`` scores."""
-    from safetensors.numpy import load_file
+    from pipeline.detectors.rearview import benign_calibration
 
-    stored = load_file(str(Path(artifact_dir) / "calibration.safetensors"))
+    stored = benign_calibration(artifact_dir)
     return {"p": stored["p"].astype(np.float64), "refined": stored["refined"].astype(np.float64)}
 
 

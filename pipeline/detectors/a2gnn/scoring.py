@@ -31,14 +31,21 @@ half and all of it: at 50,000 a worker's scoring peak rose ~300 MiB from a 0.25 
 
 
 # ------------------------------------------------------------------------ scoring
+def _member_thresholds(thresholds: dict) -> dict:
+    """One member's final, flow and atom thresholds (older artifacts: flow = final, no atom term)."""
+    return {
+        "threshold": float(thresholds["threshold"]),
+        "flow_threshold": float(thresholds.get("flow_threshold", thresholds["threshold"])),
+        "atom_threshold": float(thresholds.get("atom_threshold", 0.0)),
+    }
+
+
 def _load_member(member_path: Path, thresholds: dict) -> dict:
     from safetensors.numpy import load_file
 
     anchors = load_file(str(member_path / ANCHORS_FILE))
     return {
-        "threshold": float(thresholds["threshold"]),
-        "flow_threshold": float(thresholds.get("flow_threshold", thresholds["threshold"])),
-        "atom_threshold": float(thresholds.get("atom_threshold", 0.0)),
+        **_member_thresholds(thresholds),
         "weights": load_file(str(member_path / WEIGHTS_FILE)),
         "anchors": anchors["anchors"],
         "scale": anchors.get("scale", np.ones(anchors["anchors"].shape[0])),
@@ -61,6 +68,21 @@ def load_artifact(artifact_dir: Path) -> dict:
     members = [_load_member(artifact_dir / member_dir(k), listed[k]) for k in range(size)]
     return {"config": meta["config"], "in_dim": int(meta["in_dim"]),
             "stats": model_store.load_json(artifact_dir / NORMALISATION_FILE), **members[0], "members": members}
+
+
+def benign_calibration(artifact_dir: Path) -> dict:
+    """Member 0's benign training calibration statistics and thresholds, without weights:
+    ``train_scores [n]`` (flow statistics), ``atom_scores [a]``, ``flow_threshold``,
+    ``atom_threshold`` (what the verdict turns A2GNN's score into a tail probability with)."""
+    from safetensors.numpy import load_file
+
+    artifact_dir = Path(artifact_dir)
+    threshold = model_store.load_json(artifact_dir / THRESHOLD_FILE)
+    member = _member_thresholds((threshold.get("members") or [threshold])[0])
+    anchors = load_file(str(artifact_dir / member_dir(0) / ANCHORS_FILE))
+    return {"train_scores": anchors["train_scores"].astype(np.float64),
+            "atom_scores": anchors.get("atom_scores", np.zeros(0)).astype(np.float64),
+            "flow_threshold": member["flow_threshold"], "atom_threshold": member["atom_threshold"]}
 
 
 _MODEL_CACHE: dict[tuple[int, int], object] = {}

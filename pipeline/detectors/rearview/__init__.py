@@ -4,7 +4,8 @@ graphs, decided on benign validation flows (Liu et al., "RearView", adapted; see
 
 The face: :class:`RearViewConfig` (``[rearview]`` in ``conf/luigi.cfg``),
 ``train_rearview(spark, flows_df, config, out_dir) -> metrics`` and
-``score_rearview(spark, flows_df, artifact_dir, model_version) -> flow_scores rows``.
+``score_rearview(spark, flows_df, artifact_dir, model_version) -> flow_scores rows`` and
+``benign_calibration(artifact_dir)`` (the benign validation flows' evidence).
 Behind it: ``conditions`` (triplets, novelty, validation split), ``session`` (windows,
 screening, edge embeddings), ``decision`` (refinement ensemble, tails, decision rules),
 ``training``, ``inference`` (one process) and ``scoring`` (Spark tasks); ``windows`` and
@@ -12,7 +13,7 @@ screening, edge embeddings), ``decision`` (refinement ensemble, tails, decision 
 """
 from pipeline.detectors.rearview.config import RearViewConfig
 
-__all__ = ["RearViewConfig", "score_rearview", "train_rearview"]
+__all__ = ["RearViewConfig", "benign_calibration", "score_rearview", "train_rearview"]
 
 
 def __getattr__(name: str):
@@ -26,4 +27,8 @@ def __getattr__(name: str):
         from pipeline.detectors.rearview.scoring import score_rearview
 
         return score_rearview
+    if name == "benign_calibration":
+        from pipeline.detectors.rearview.inference import benign_calibration
+
+        return benign_calibration
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,7 @@ from models.rearview_sage import AnomalyWeightedEdgeSAGE
 from models.rearview_training import screen_flows
 from pipeline.detectors import features
 from pipeline.detectors.rearview.conditions import (
-    CONDITION_LEVELS, assign_conditions, condition_levels, fallback_cells, order_flows, triplet_keys,
+    CONDITION_LEVELS, assign_conditions, fallback_cells, order_flows, triplet_keys,
     unseen_triplets,
 )
 from pipeline.detectors.rearview.config import FIELDS_ADDED_LATER, RearViewConfig
@@ -62,6 +62,14 @@ class RearViewArtifacts:
     decision_level: float
 
 
+def benign_calibration(artifact_dir: str | Path) -> dict:
+    """The benign validation flows' screening ``p [V]``, fallback ``cell [V]`` and
+    ``refined [V]`` scores stored with the artifact (what decisions, and the verdict's
+    RearView evidence, are calibrated on)."""
+    stored = model_store.load_tensors(Path(artifact_dir) / "calibration.safetensors")
+    return {name: stored[name].numpy() for name in ("p", "cell", "refined")}
+
+
 @functools.lru_cache(maxsize=4)
 def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
     """Load an artifact directory (safetensors + JSON only); cached per process."""
@@ -87,7 +95,7 @@ def load_artifacts(artifact_dir: str) -> RearViewArtifacts:
         encoder.eval()
         members.append(RefinementMember.fit(encoder, detector["classifier"], embeddings[f"member{k}"].numpy(),
                                             member_seed(detector["seed"], k)))
-    stored = {k: v.numpy() for k, v in model_store.load_tensors(path / "calibration.safetensors").items()}
+    stored = benign_calibration(path)
     calibration = Calibration(stored["p"], stored["cell"], stored["refined"], float(detector["threshold"]))
     seen = frozenset(vocab.pop("seen_triplets"))
     return RearViewArtifacts(config, model_store.load_json(path / "normalisation.json"), vocab,
@@ -123,7 +131,8 @@ def _score_rows(flows: pd.DataFrame, p: np.ndarray, refined: np.ndarray, trigger
         "screening_probability": p, "refined_score": refined,
         # which condition screening judged the flow under: "triplet" when its own
         # server triplet had a trained condition, else the pooled fallback it fell to
-        "screening_prior": np.asarray(CONDITION_LEVELS, dtype=object)[condition_levels(art.vocab, flows)],
+        # (a fallback cell is 2 * condition level + novel)
+        "screening_prior": np.asarray(CONDITION_LEVELS, dtype=object)[cells // 2],
     })
     return _conform_scores(out)
 
