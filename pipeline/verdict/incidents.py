@@ -33,6 +33,18 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def _pair_keys(flows: pd.DataFrame) -> pd.Series:
+    """``"low|high"`` host pair of each flow (either direction is one pair)."""
+    src, dst = flows["src_ip"].astype(str), flows["dst_ip"].astype(str)
+    return pd.Series(np.minimum(src, dst) + "|" + np.maximum(src, dst), index=flows.index)
+
+
+def _service_keys(flows: pd.DataFrame) -> pd.Series:
+    """``"dst_ip|dst_port|protocol"`` of each flow."""
+    return (flows["dst_ip"].astype(str) + "|" + flows["dst_port"].astype("Int64").astype(str)
+            + "|" + flows["protocol"].astype("Int64").astype(str))
+
+
 def _link_within_gap(uf: _UnionFind, keys: pd.Series, starts: np.ndarray, gap_ms: float) -> None:
     """Union consecutive (by start) members of each key group closer than ``gap_ms``."""
     frame = pd.DataFrame({"key": keys.to_numpy(), "start": starts, "row": np.arange(len(keys))})
@@ -55,12 +67,8 @@ def group_flagged(flagged: pd.DataFrame, gap_ms: float) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     starts = flagged["first_seen_ms"].to_numpy(dtype=np.float64)
-    low = np.minimum(flagged["src_ip"].astype(str), flagged["dst_ip"].astype(str))
-    high = np.maximum(flagged["src_ip"].astype(str), flagged["dst_ip"].astype(str))
-    _link_within_gap(uf, pd.Series(low + "|" + high), starts, gap_ms)
-    service = (flagged["dst_ip"].astype(str) + "|" + flagged["dst_port"].astype("Int64").astype(str)
-               + "|" + flagged["protocol"].astype("Int64").astype(str))
-    _link_within_gap(uf, service.reset_index(drop=True), starts, gap_ms)
+    _link_within_gap(uf, _pair_keys(flagged).reset_index(drop=True), starts, gap_ms)
+    _link_within_gap(uf, _service_keys(flagged).reset_index(drop=True), starts, gap_ms)
     sizes = pd.to_numeric(flagged["atom_size"], errors="coerce").fillna(0).to_numpy()
     atoms = flagged["atom_id"].where(sizes > 1)
     atom_frame = pd.DataFrame({"atom": atoms.to_numpy(), "row": np.arange(n)}).dropna()
@@ -100,24 +108,27 @@ def build_incidents(night: pd.DataFrame, is_flagged: np.ndarray, date: str, gap_
     flagged["incident_id"] = flagged["group"].map(summary["incident_id"])
     incident_ids.loc[flagged["index"].to_numpy()] = flagged["incident_id"].to_numpy()
 
-    pair_of = lambda f: (np.minimum(f["src_ip"].astype(str), f["dst_ip"].astype(str)) + "|"  # noqa: E731
-                         + np.maximum(f["src_ip"].astype(str), f["dst_ip"].astype(str)))
-    night_pairs = pd.DataFrame({"pair": pair_of(night).to_numpy(), "first": night["first_seen_ms"].to_numpy()})
+    # starts of the night's flows per host pair, sorted: an incident's flows in its span
+    # are binary searches, not a pass over the night per incident
+    night_starts = pd.DataFrame({"pair": _pair_keys(night).to_numpy(),
+                                 "first": night["first_seen_ms"].to_numpy(dtype=np.int64)})
+    starts_by_pair = {pair: np.sort(firsts.to_numpy()) for pair, firsts in night_starts.groupby("pair")["first"]}
+    flagged["pair"] = _pair_keys(flagged)
+    flagged["service"] = _service_keys(flagged)
     rows = []
     for group, members in flagged.groupby("group", sort=False):
         info = summary.loc[group]
         hosts = sorted(set(members["src_ip"].astype(str)) | set(members["dst_ip"].astype(str)))
-        services = sorted(set(members["dst_ip"].astype(str) + "|" + members["dst_port"].astype("Int64").astype(str)
-                              + "|" + members["protocol"].astype("Int64").astype(str)))
-        pairs = set(pair_of(members))
-        in_span = night_pairs["pair"].isin(pairs) & night_pairs["first"].between(info["first_seen_ms"],
-                                                                                 info["last_seen_ms"])
+        services = sorted(set(members["service"]))
+        in_span = sum(int(np.searchsorted(starts_by_pair[pair], info["last_seen_ms"], side="right")
+                          - np.searchsorted(starts_by_pair[pair], info["first_seen_ms"], side="left"))
+                      for pair in set(members["pair"]))
         total = strengths.loc[members.index].mean().sort_values(ascending=False, kind="stable")
         top = ", ".join(f"{name} {value:.1f}" for name, value in total.items() if value > 0)
         rows.append({
             "incident_id": info["incident_id"], "rank": int(info["rank"]), "hosts": hosts, "services": services,
             "first_seen_ms": int(info["first_seen_ms"]), "last_seen_ms": int(info["last_seen_ms"]),
-            "flows": int(max(in_span.sum(), len(members))), "flagged_flows": int(info["flagged_flows"]),
+            "flows": int(max(in_span, len(members))), "flagged_flows": int(info["flagged_flows"]),
             "score": float(info["score"]), "top_evidence": top or "none",
         })
     table = pd.DataFrame(rows).sort_values("rank", kind="stable").reset_index(drop=True)
