@@ -82,18 +82,19 @@ class ScoreVerdictTask(ScoredNightTask):
             "a2gnn": a2gnn_calibration(tasks["a2gnn"].artifact_dir()) if "a2gnn" in tasks else None,
             "rearview": rearview_calibration(tasks["rearview"].artifact_dir()) if "rearview" in tasks else None,
         }
-        validation = self.validation_dates()
-        self.progress(10, f"verdict {self.version()}: calibrating on {validation}")
+        validation, version, history = self.validation_dates(), self.version(), self.history(self.day)
+        self.progress(10, f"verdict {version}: calibrating on {validation}")
         frames = [night_frame(spark, self.warehouse_path, day, self.history(day), versions) for day in validation]
         reference = fit_reference(frames, calibration["a2gnn"], calibration["rearview"], config, tuple(versions))
-        night = night_frame(spark, self.warehouse_path, self.day, self.history(self.day), versions)
-        self.progress(60, f"verdict of {self.day}: {len(night)} flows, threshold {reference.threshold:.2f}")
-        scores, incidents = score_night(night, reference, config, tuple(versions), self.day, self.version())
-        write_verdict(spark, self.warehouse_path, self.day, self.version(), scores, incidents, {
-            **self.config_dict(), "validation_dates": validation, "history_dates": self.history(self.day),
+        night = night_frame(spark, self.warehouse_path, self.day, history, versions)
+        self.progress(60, f"verdict of {self.day}: scoring {len(night)} flows")
+        scores, incidents = score_night(night, reference, config, tuple(versions), self.day, version)
+        write_verdict(spark, self.warehouse_path, self.day, version, scores, incidents, {
+            **self.config_dict(), "validation_dates": validation, "history_dates": history,
             "calibration": reference.summary()})
-        self.progress(100, f"verdict {self.version()} of {self.day}: {int(scores['is_anomaly'].sum())} of "
-                           f"{len(scores)} flows flagged, {len(incidents)} incidents")
+        threshold = float(scores["threshold"].iloc[0]) if len(scores) else reference.threshold
+        self.progress(100, f"verdict {version} of {self.day}: {int(scores['is_anomaly'].sum())} of "
+                           f"{len(scores)} flows flagged above {threshold:.2f}, {len(incidents)} incidents")
 
 
 class JudgedNightTask(ScoredNightTask):
