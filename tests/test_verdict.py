@@ -254,3 +254,68 @@ def test_pareto_tail_keeps_the_empirical_tail_inside_the_reference_and_keeps_fal
     inside, at_max, far = evidence.pareto_tail(reference, np.array([50.0, 200.0, 2000.0]))
     assert inside == pytest.approx(evidence.empirical_tail(reference, np.array([50.0]))[0])
     assert far < at_max <= 1 / 100
+
+
+# ----------------------------------------------------------------- threshold rules and coordination
+def test_the_upper_half_null_ignores_a_pile_up_below_the_median():
+    rng = np.random.default_rng(11)
+    z = rng.normal(0.0, 1.0, 20_000)
+    piled = np.concatenate([z[z >= 0], np.full((z < 0).sum(), -7.0)])    # half the flows carry no evidence
+    assert combine.upper_null(piled)[1] == pytest.approx(combine.upper_null(z)[1], rel=0.05)
+    assert combine.robust_null(piled)[1] > 2 * combine.robust_null(z)[1]
+
+
+def test_the_local_fdr_threshold_sits_below_a_dense_clump_and_above_a_thin_gaussian_tail():
+    rng = np.random.default_rng(12)
+    null_z = rng.normal(0.0, 1.0, 5000)
+    clump_z = rng.normal(4.5, 0.05, 300)                 # a coordinated attack: many flows, one strength
+    combined = combine.stats.norm.sf(np.concatenate([null_z, clump_z]))
+    threshold = combine.lfdr_threshold_score(combined, 0.01, 0.2)
+    assert 2.0 <= threshold < -np.log10(combine.stats.norm.sf(4.3))
+    assert combine.lfdr_threshold_score(combine.stats.norm.sf(null_z), 0.01, 0.2) > 2.0
+
+
+def test_coordination_counts_gate_passing_flows_of_one_new_pair_or_one_new_service(reference):
+    rng = np.random.default_rng(13)
+    beacon = _flows(30, rng, src="10.0.0.9", dst="203.0.113.7", port=443, seen=0)
+    busy_known = _flows(30, rng, src="10.0.0.8", dst="10.0.1.3", port=53, seen=3)
+    night = pd.concat([beacon, busy_known], ignore_index=True)
+    passing = np.ones(len(night), bool)
+    from pipeline.verdict.scoring import relationship_counts
+    counts_all = relationship_counts(night, passing, "off")
+    counts_new = relationship_counts(night, passing, "nights")
+    assert (counts_all == 30).all()
+    assert (counts_new[:30] == 30).all() and (counts_new[30:] == 0).all()
+    passing[:25] = False
+    assert (relationship_counts(night, passing, "nights")[25:30] == 5).all()
+
+
+def test_a_joining_devices_pairs_do_not_count_as_new_coordination(reference):
+    rng = np.random.default_rng(14)
+    joining = _flows(30, rng, src="10.0.0.77", dst="10.0.1.2", port=53, seen=3)
+    joining[["host_pair_nights_seen", "client_service_nights_seen", "src_host_nights_seen"]] = 0
+    from pipeline.verdict.scoring import relationship_counts
+    passing = np.ones(len(joining), bool)
+    assert (relationship_counts(joining, passing, "nights") == 30).all()
+    assert (relationship_counts(joining, passing, "pattern", VerdictConfig().local_networks) == 0).all()
+
+
+def test_a_repeated_new_relationship_is_flagged_as_coordinated_under_the_strong_flow_threshold(reference):
+    rng = np.random.default_rng(15)
+    night = _benign_night(rng, start_ms=5 * 86_400_000)
+    quiet = dict(a2gnn=np.full(40, 0.5), refined=np.full(40, 1.0), screening=np.full(40, 0.5), prior="port_protocol")
+    beacon = _flows(40, rng, src="10.0.0.5", dst="203.0.113.9", port=443, seen=0, start_ms=5 * 86_400_000 + 11,
+                    spacing_ms=60_000, **quiet)
+    lone = _flows(1, rng, src="10.0.0.6", dst="203.0.113.10", port=443, seen=0, start_ms=5 * 86_400_000 + 13,
+                  **{k: (v[:1] if isinstance(v, np.ndarray) else v) for k, v in quiet.items()})
+    for frame in (beacon, lone):
+        frame[["src_host_nights_seen"]] = 3
+    both = pd.concat([night, beacon, lone], ignore_index=True)
+    config = VerdictConfig(coordination="new_pattern", single_flow_budget_share=0.1)
+    scores, incidents = score_night(both, reference, config, MODELS, "2026-01-06", "v1")
+    hit, single = scores.iloc[len(night):-1], scores.iloc[-1]
+    assert (hit["score"] > reference.threshold).all() and (hit["score"] <= hit["threshold"]).all()
+    assert hit["is_anomaly"].all() and hit["evidence"].str.contains("coordinated relationship").all()
+    assert hit["incident_id"].nunique() == 1 and hit["incident_id"].iloc[0] in set(incidents["incident_id"])
+    assert not single["is_anomaly"] and single["incident_id"] is None     # the same flow, once
+    assert scores["threshold"].iloc[0] >= 3.0        # the single-flow path at a tenth of the budget

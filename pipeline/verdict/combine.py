@@ -20,6 +20,15 @@ flows flagged:
 * ``night_null_validation_shape``: as ``night_null``, but the distance of the budget
   tail from the bulk, in robust scale units, is read on the validation nights instead
   of assumed Gaussian (never closer than the Gaussian one).
+* ``night_null_upper``: as ``night_null`` with the scale read from the upper half of the
+  bulk only, ``(q75 - q50) / 0.6745`` (flows whose pieces are all near 1 pile up in the
+  lower half and widen the IQR).
+* ``night_lfdr`` (Efron's local false discovery rate): the night's density ``f`` of ``z``
+  (Gaussian kernel), the empirical null ``f0`` of ``night_null``, ``lfdr = f0 / f``
+  (``pi0 = 1``: the null is matched to the bulk); the threshold is the lowest ``z`` above
+  the null's location from which every flow of the night has ``lfdr <= lfdr_level``.
+  Clumps of flows with the same strong evidence (a coordinated attack) are dense where the
+  null is thin; benign outliers are sparse.
 
 Both night rules fall back to ``validation`` on a night of fewer than ``min_night_flows``
 flows, and never flag a flow whose ``P`` exceeds the budget.
@@ -89,12 +98,52 @@ def tail_distance(validation_z: list[np.ndarray], budget: float) -> float:
     return max(gaussian, float(np.quantile(np.concatenate(units), 1.0 - budget)))
 
 
+def upper_null(z: np.ndarray) -> tuple[float, float]:
+    """``(location, scale)`` from the upper half of the bulk: median and ``(q75 - q50) / 0.6745``."""
+    median, q3 = np.quantile(np.asarray(z, dtype=np.float64), [0.5, 0.75])
+    return float(median), float(max((q3 - median) / (IQR_TO_SIGMA / 2.0), 1e-6))
+
+
+def score_of_z(z: float, budget: float) -> float:
+    """Score units (``-log10 P``) of a threshold ``z``, never below ``-log10 budget``."""
+    return float(max(-np.log10(max(stats.norm.sf(z), 1e-300)), -np.log10(budget)))
+
+
+KDE_SAMPLE = 20_000
+"""At most this many flows (a fixed-seed sample) shape the night's density for ``night_lfdr``."""
+
+
+def lfdr_threshold_score(night_combined: np.ndarray, budget: float, level: float = 0.2) -> float:
+    """``night_lfdr`` threshold (score units): the lowest ``z`` above the null's location
+    from which every flow has ``lfdr = f0(z) / f(z) <= level``; no such flow: nothing
+    above the night's largest ``z`` is flagged."""
+    z = z_of(night_combined)
+    location, scale = robust_null(z)
+    sample = z if len(z) <= KDE_SAMPLE else np.random.default_rng(0).choice(z, KDE_SAMPLE, replace=False)
+    upper = np.sort(z[z > location])
+    if upper.size == 0 or np.ptp(sample) == 0:
+        return score_of_z(float(np.max(z)) if len(z) else np.inf, budget)
+    density = stats.gaussian_kde(sample)(upper)
+    null = stats.norm.pdf(upper, location, scale)
+    lfdr = null / np.maximum(density, 1e-300)
+    above_level = np.flatnonzero(lfdr > level)
+    if above_level.size == 0:
+        return score_of_z(location, budget)
+    last = above_level[-1]
+    return score_of_z(float(upper[last]), budget)
+
+
 def night_threshold_score(night_combined: np.ndarray, distance: float, budget: float) -> float:
     """Threshold (score units, ``-log10 P``) at ``distance`` robust scales above the
     night's bulk, and never below the budget's own score ``-log10 budget``."""
     location, scale = robust_null(z_of(night_combined))
-    level = stats.norm.sf(location + distance * scale)
-    return float(max(-np.log10(max(level, 1e-300)), -np.log10(budget)))
+    return score_of_z(location + distance * scale, budget)
+
+
+def night_upper_threshold_score(night_combined: np.ndarray, distance: float, budget: float) -> float:
+    """As :func:`night_threshold_score` with :func:`upper_null`'s scale."""
+    location, scale = upper_null(z_of(night_combined))
+    return score_of_z(location + distance * scale, budget)
 
 
 def evidence_text(pieces: np.ndarray, names: tuple[str, ...], lacking: list[list[str]],

@@ -5,7 +5,7 @@ import dataclasses
 
 
 SCREENING_UNSEEN = ("no_prior", "port_fallback", "fallback")
-THRESHOLD_RULES = ("validation", "night_null", "night_null_validation_shape")
+THRESHOLD_RULES = ("validation", "night_null", "night_null_validation_shape", "night_null_upper", "night_lfdr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +28,15 @@ class VerdictConfig:
     condition (the application's usual shape, e.g. DNS to any resolver) and leaves it out
     below that (protocol-only or global pools say nothing about the application);
     ``fallback`` keeps every fallback condition's probability.
-    ``threshold_rule``: ``validation``, ``night_null`` or ``night_null_validation_shape``
-    (:mod:`pipeline.verdict.combine`); ``min_night_flows``: below this a night rule falls
+    ``threshold_rule``: ``validation``, ``night_null``, ``night_null_validation_shape``,
+    ``night_null_upper`` or ``night_lfdr`` (:mod:`pipeline.verdict.combine`);
+    ``lfdr_level``: ``night_lfdr``'s local false discovery rate cut;
+    ``coordination``: ``off``, ``all``, ``new`` or ``new_pattern``: also flag the flows of
+    a coordinated relationship (any; one seen on no earlier night; one the history pattern
+    calls new; :func:`pipeline.verdict.scoring.coordinated_flows`);
+    ``single_flow_budget_share``: with coordination on, the night threshold is set at this
+    share of the budget; ``coordination_min_flows`` the
+    least ``k`` it may use; ``min_night_flows``: below this a night rule falls
     back to ``validation``.
     ``volume_tail``: ``empirical`` or ``pareto`` (:func:`pipeline.verdict.evidence.pareto_tail`:
     extrapolated beyond the largest benign new-relationship volume).
@@ -45,6 +52,11 @@ class VerdictConfig:
     threshold_rule: str = "night_null"
     volume_tail: str = "empirical"
     min_night_flows: int = 200
+    # added after verdict versions existed: left out of the version while at these values
+    lfdr_level: float = dataclasses.field(default=0.2, metadata={"added_later": 0.2})
+    coordination: str = dataclasses.field(default="off", metadata={"added_later": "off"})
+    coordination_min_flows: int = dataclasses.field(default=5, metadata={"added_later": 5})
+    single_flow_budget_share: float = dataclasses.field(default=1.0, metadata={"added_later": 1.0})
 
     def __post_init__(self):
         if not 0.0 < self.false_alarm_budget < 1.0:
@@ -56,5 +68,11 @@ class VerdictConfig:
             raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {self.threshold_rule!r}")
         if self.volume_tail not in ("empirical", "pareto"):
             raise ValueError(f"volume_tail must be 'empirical' or 'pareto', got {self.volume_tail!r}")
+        if not 0.0 < self.lfdr_level < 1.0:
+            raise ValueError(f"lfdr_level must be in (0, 1), got {self.lfdr_level}")
+        if self.coordination not in ("off", "all", "new", "new_pattern"):
+            raise ValueError(f"coordination must be off, all, new or new_pattern, got {self.coordination!r}")
+        if not 0.0 < self.single_flow_budget_share <= 1.0:
+            raise ValueError(f"single_flow_budget_share must be in (0, 1], got {self.single_flow_budget_share}")
         if self.pattern_pseudocount <= 0:
             raise ValueError("pattern_pseudocount must be > 0")

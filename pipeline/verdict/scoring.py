@@ -33,7 +33,10 @@ class Reference:
     validation ``p`` and ``refined``, ``None`` when not run; ``threshold``: the
     ``validation`` rule's alarm level in score units; ``tail_distance``: the validation
     nights' budget tail in robust scale units (``night_null_validation_shape``);
-    ``validation_flows``: flows they were set on.
+    ``validation_flows``: flows they were set on; ``coordination_flows``: ``k`` of
+    :func:`coordinated_flows` (one more than the largest number of gate-passing flows of
+    one host pair or one service on any validation night, at least
+    ``config.coordination_min_flows``).
     """
 
     patterns: evidence.PatternModel | None
@@ -43,6 +46,7 @@ class Reference:
     threshold: float = float("nan")
     tail_distance: float = float("nan")
     validation_flows: int = 0
+    coordination_flows: int = 0
 
     def summary(self) -> dict:
         """JSON-able record of the calibration (written next to the scores)."""
@@ -54,7 +58,7 @@ class Reference:
             "a2gnn_reference_flows": None if self.a2gnn is None else int(len(self.a2gnn["train_scores"])),
             "rearview_reference_flows": None if self.rearview is None else int(len(self.rearview["p"])),
             "threshold_score": self.threshold, "tail_distance": self.tail_distance,
-            "validation_flows": self.validation_flows,
+            "validation_flows": self.validation_flows, "coordination_flows": self.coordination_flows,
         }
 
 
@@ -128,21 +132,85 @@ def fit_reference(validation: list[pd.DataFrame], a2gnn: dict | None, rearview: 
             config.pattern_pseudocount)
         volumes = np.concatenate([evidence.new_relationship_volumes(v, config.local_networks) for v in with_history])
     reference = Reference(patterns, volumes, a2gnn, rearview)
-    per_night = [combine.fisher(evidence_pieces(v, reference, config, models_run)[0]) for v in validation if len(v)]
+    nights = [v for v in validation if len(v)]
+    per_night = [combine.fisher(evidence_pieces(v, reference, config, models_run)[0]) for v in nights]
     combined = np.concatenate(per_night) if per_night else np.zeros(0)
+    threshold = combine.threshold_score(combined, config.false_alarm_budget)
+    newness = NEWNESS.get(config.coordination, "off")
+    largest = max((int(relationship_counts(v, combine.score_of(c) > threshold, newness,
+                                           config.local_networks).max(initial=0))
+                   for v, c in zip(nights, per_night)), default=0)
     return dataclasses.replace(
-        reference, threshold=combine.threshold_score(combined, config.false_alarm_budget),
+        reference, threshold=threshold,
         tail_distance=combine.tail_distance([combine.z_of(c) for c in per_night], config.false_alarm_budget),
-        validation_flows=int(len(combined)))
+        validation_flows=int(len(combined)),
+        coordination_flows=max(config.coordination_min_flows, largest + 1))
+
+
+def relationship_counts(night: pd.DataFrame, passing: np.ndarray, new_only: str = "off",
+                        local_networks: str = "") -> np.ndarray:
+    """``[N]`` per flow: how many ``passing`` flows of the night share its host pair or its
+    service, whichever is larger (0 for a flow that does not pass).
+
+    ``new_only``: ``off`` counts every relationship; ``nights`` counts a host pair (a
+    service) only where it was seen on no earlier night; ``pattern`` only where the
+    flow's history pattern calls it new (:func:`pipeline.verdict.evidence.history_patterns`:
+    a joining local device's pairs are not new). A night without history has nothing new.
+    """
+    passing = np.asarray(passing, dtype=bool)
+    counts = np.zeros(len(night), dtype=np.int64)
+    if not passing.any():
+        return counts
+    has_history = night["history_nights"].fillna(0).to_numpy() > 0
+    new = {"host_pair": np.ones(len(night), bool), "service": np.ones(len(night), bool)}
+    if new_only == "nights":
+        new = {key: has_history & (night[f"{key}_nights_seen"].fillna(-1).to_numpy() == 0) for key in new}
+    elif new_only == "pattern":
+        new = {"host_pair": has_history & evidence.new_pairs(night, local_networks),
+               "service": has_history & (night["service_nights_seen"].fillna(-1).to_numpy() == 0)}
+    for key in ("host_pair", "service"):
+        members = passing & new[key]
+        if not members.any():
+            continue
+        keys = pd.Series(night[key].to_numpy()[members])
+        counts[members] = np.maximum(counts[members], keys.map(keys.value_counts()).to_numpy())
+    return counts
+
+
+NEWNESS = {"all": "off", "new": "nights", "new_pattern": "pattern"}
+"""``VerdictConfig.coordination`` -> ``relationship_counts(new_only=...)``."""
+
+
+def coordinated_flows(night: pd.DataFrame, score: np.ndarray, reference: Reference,
+                      config: VerdictConfig) -> np.ndarray:
+    """``[N]`` flows of a coordinated relationship: past the loose gate (the ``validation``
+    rule's threshold) with at least ``reference.coordination_flows`` such flows sharing
+    their host pair or their service tonight. Coordinated attacks (a scan, a flood, a
+    brute force, a beacon) repeat one relationship many times; benign novelty rarely does.
+    ``config.coordination``: ``all`` counts every relationship, ``new`` only those seen on
+    no earlier night, ``new_pattern`` only those the history pattern calls new."""
+    if reference.coordination_flows <= 0 or not np.isfinite(reference.threshold):
+        return np.zeros(len(night), dtype=bool)
+    counts = relationship_counts(night, score > reference.threshold, NEWNESS[config.coordination],
+                                 config.local_networks)
+    return counts >= reference.coordination_flows
 
 
 def alarm_threshold(combined: np.ndarray, reference: Reference, config: VerdictConfig) -> float:
-    """The night's threshold in score units under ``config.threshold_rule``."""
+    """The night's threshold in score units under ``config.threshold_rule``, at
+    ``false_alarm_budget * single_flow_budget_share`` when coordination is on."""
     if config.threshold_rule == "validation" or len(combined) < config.min_night_flows:
         return reference.threshold
-    distance = (float(combine.stats.norm.isf(config.false_alarm_budget)) if config.threshold_rule == "night_null"
-                else reference.tail_distance)
-    return combine.night_threshold_score(combined, distance, config.false_alarm_budget)
+    budget = config.false_alarm_budget
+    if config.coordination != "off":
+        budget *= config.single_flow_budget_share
+    gaussian = float(combine.stats.norm.isf(budget))
+    if config.threshold_rule == "night_lfdr":
+        return combine.lfdr_threshold_score(combined, budget, config.lfdr_level)
+    if config.threshold_rule == "night_null_upper":
+        return combine.night_upper_threshold_score(combined, gaussian, budget)
+    distance = gaussian if config.threshold_rule == "night_null" else reference.tail_distance
+    return combine.night_threshold_score(combined, distance, budget)
 
 
 def score_night(night: pd.DataFrame, reference: Reference, config: VerdictConfig, models_run: tuple[str, ...],
@@ -153,6 +221,11 @@ def score_night(night: pd.DataFrame, reference: Reference, config: VerdictConfig
     score = combine.score_of(combined)
     threshold = alarm_threshold(combined, reference, config)
     flagged = score > threshold
+    if config.coordination != "off":
+        coordinated = coordinated_flows(night, score, reference, config) & ~flagged
+        flagged = flagged | coordinated
+        for row in np.flatnonzero(coordinated):
+            notes[row].append("coordinated relationship")
     strengths = pd.DataFrame(-np.log10(np.clip(np.nan_to_num(pieces, nan=1.0), combine.P_FLOOR, 1.0)),
                              columns=list(evidence.PIECES), index=night.index)
     frame = night.assign(score=score)
