@@ -4,7 +4,11 @@ Each test runs ``luigi --module jobs DetectTask`` as a separate process (its own
 metastore) on the third sample night, with the tiny model sizes of tests/conf/tiny.cfg. Each
 starts from a copy of the session's DetectTask warehouse (tests/conftest.py ``detect_run``)
 without that night's outputs: it redoes every stage of the night, with the models already
-trained on the nights before.
+trained on the nights before, and must give the tables that in-process run gave.
+
+The night a data engineer schedules, through a central ``luigid`` onto a Spark standalone
+master, is one run (``cluster_run``) that both the scheduler test and the cluster test read:
+every full run of the night costs about a minute.
 """
 from __future__ import annotations
 
@@ -72,77 +76,17 @@ def luigid(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference_run(luigid, detect_run, tmp_path_factory):
-    """An uninterrupted DetectTask through luigid: the tables other runs must equal."""
-    root = without_night(detect_run.pristine, NIGHT, tmp_path_factory.mktemp("reference") / "warehouse")
-    result = run_luigi("DetectTask", *_detect_args(root), "--scheduler-host", "127.0.0.1",
-                       "--scheduler-port", str(luigid))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return root
+def reference_tables(detect_run):
+    """The third night's tables of the session's uninterrupted in-process DetectTask: the
+    tables every command-line run here must equal."""
+    return _tables(detect_run.pristine)
 
 
-def _tables(root: Path) -> dict[str, list[dict]]:
-    return {table: table_rows(root, table, keys) for table, keys in TABLE_KEYS.items()}
-
-
-def test_detect_through_luigid_registers_every_stage_as_done(reference_run, luigid):
-    query = urllib.parse.quote(json.dumps({"status": "DONE", "upstream_status": "", "search": ""}))
-    with urllib.request.urlopen(f"http://127.0.0.1:{luigid}/api/task_list?data={query}", timeout=30) as reply:
-        done = json.load(reply)["response"]
-    families = {task["name"] for task in done.values()}
-    assert {"ExtractFlowsTask", "SignatureStatsTask", "FaninHistoryTask", "BuildGraphTask", "PartitionTask",
-            "TrainA2GNNTask", "ScoreA2GNNTask",
-            "TrainRearViewTask", "ScoreRearViewTask", "PublishTablesTask", "ReportTask",
-            "DetectTask"} <= families
-
-
-def test_failed_task_makes_luigi_exit_non_zero(tmp_path):
-    result = run_luigi("DetectTask", "--date", "2031-05-05", "--archive", str(SAMPLE_ARCHIVE),
-                       "--warehouse", str(tmp_path), "--local-scheduler")
-    assert result.returncode != 0
-    assert "no night 2031-05-05" in result.stdout + result.stderr
-
-
-def test_killed_run_resumes_to_the_same_tables(reference_run, detect_run, tmp_path):
-    root = without_night(detect_run.pristine, NIGHT, tmp_path / "killed")
-    process = subprocess.Popen(luigi_command("DetectTask", *_detect_args(root), "--local-scheduler"),
-                               cwd=REPO_ROOT, env=luigi_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    graph = warehouse.partition_path(root, "graph_edges", date=NIGHT)
-    deadline = time.monotonic() + 600
-    while not warehouse.is_complete(graph) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert process.poll() is None, "the run ended before it could be killed mid-way"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    assert not list(root.glob("reports/date=*/*/report.html")), "killed too late: nothing left to resume"
-
-    result = run_luigi("DetectTask", *_detect_args(root), "--local-scheduler")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert _tables(root) == _tables(reference_run)
-
-
-def test_new_partitions_are_visible_to_a_fresh_spark_sql_session(reference_run):
-    from pipeline.spark import session_settings
-
-    settings = session_settings(reference_run, overrides={"spark.master": "local[1]"})
-    confs = [arg for key, value in settings.items() if key.startswith(("spark.", "javax.", "hive."))
-             for arg in ("--conf", f"{key if key.startswith('spark.') else 'spark.hadoop.' + key}={value}")]
-    spark_sql = Path(__import__("pyspark").__file__).parent / "bin" / "spark-sql"
-    result = subprocess.run(
-        [str(spark_sql), *confs, "-S", "-e",
-         f"SELECT count(*) FROM traffic.flows WHERE `date` = '{NIGHT}';"
-         f"SELECT count(*) FROM traffic.flow_scores WHERE `date` = '{NIGHT}' AND model = 'rearview';"],
-        cwd=reference_run, env=dict(os.environ, PYSPARK_PYTHON=str(VENV_BIN / "python")),
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    counts = [int(line) for line in result.stdout.split() if line.strip().isdigit()]
-    flows = len(table_rows(reference_run / "flows", f"date={NIGHT}", ["flow_id"]))
-    assert counts == [flows, flows]
-
-
-def test_standalone_spark_master_gives_the_same_tables(reference_run, detect_run, tmp_path):
+@pytest.fixture(scope="module")
+def cluster_run(luigid, detect_run, tmp_path_factory):
+    """DetectTask as a nightly schedule runs it: scheduled by ``luigid``, on a standalone
+    Spark master with one worker on loopback. ``(root, result, master_url)``."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     spark_class = Path(__import__("pyspark").__file__).parent / "bin" / "spark-class"
     master_port, env = free_port(), dict(os.environ, SPARK_LOCAL_IP="127.0.0.1",
                                          PYSPARK_PYTHON=str(VENV_BIN / "python"))
@@ -160,13 +104,83 @@ def test_standalone_spark_master_gives_the_same_tables(reference_run, detect_run
         cluster_cfg = tmp_path / "cluster.cfg"
         cluster_cfg.write_text(TINY_CFG.read_text() + f"\n[spark]\nmaster = spark://127.0.0.1:{master_port}\n"
                                "driver.host = 127.0.0.1\nexecutor.memory = 2g\n")
-        root = without_night(detect_run.pristine, NIGHT, tmp_path / "cluster")
-        result = run_luigi("DetectTask", *_detect_args(root), "--local-scheduler",
+        root = without_night(detect_run.pristine, NIGHT, tmp_path / "warehouse")
+        result = run_luigi("DetectTask", *_detect_args(root), "--scheduler-host", "127.0.0.1",
+                           "--scheduler-port", str(luigid),
                            env=luigi_env(LUIGI_CONFIG_PATH=str(cluster_cfg), SPARK_LOCAL_IP="127.0.0.1"))
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        assert f"master=spark://127.0.0.1:{master_port}" in result.stdout + result.stderr
-        assert _tables(root) == _tables(reference_run)
+        yield root, result, f"spark://127.0.0.1:{master_port}"
     finally:
         for process in reversed(processes):
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
+
+
+def _tables(root: Path) -> dict[str, list[dict]]:
+    return {table: table_rows(root, table, keys) for table, keys in TABLE_KEYS.items()}
+
+
+def test_detect_through_luigid_registers_every_stage_as_done(cluster_run, luigid):
+    _, result, _ = cluster_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    query = urllib.parse.quote(json.dumps({"status": "DONE", "upstream_status": "", "search": ""}))
+    with urllib.request.urlopen(f"http://127.0.0.1:{luigid}/api/task_list?data={query}", timeout=30) as reply:
+        done = json.load(reply)["response"]
+    families = {task["name"] for task in done.values()}
+    assert {"ExtractFlowsTask", "SignatureStatsTask", "FaninHistoryTask", "BuildGraphTask", "PartitionTask",
+            "TrainA2GNNTask", "ScoreA2GNNTask",
+            "TrainRearViewTask", "ScoreRearViewTask", "PublishTablesTask", "ReportTask",
+            "DetectTask"} <= families
+
+
+def test_failed_task_makes_luigi_exit_non_zero(tmp_path):
+    result = run_luigi("DetectTask", "--date", "2031-05-05", "--archive", str(SAMPLE_ARCHIVE),
+                       "--warehouse", str(tmp_path), "--local-scheduler")
+    assert result.returncode != 0
+    assert "no night 2031-05-05" in result.stdout + result.stderr
+
+
+def test_killed_run_resumes_to_the_same_tables(reference_tables, detect_run, tmp_path):
+    root = without_night(detect_run.pristine, NIGHT, tmp_path / "killed")
+    process = subprocess.Popen(luigi_command("DetectTask", *_detect_args(root), "--local-scheduler"),
+                               cwd=REPO_ROOT, env=luigi_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    graph = warehouse.partition_path(root, "graph_edges", date=NIGHT)
+    deadline = time.monotonic() + 600
+    while not warehouse.is_complete(graph) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed mid-way"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not list(root.glob("reports/date=*/*/report.html")), "killed too late: nothing left to resume"
+
+    result = run_luigi("DetectTask", *_detect_args(root), "--local-scheduler")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert _tables(root) == reference_tables
+
+
+def test_new_partitions_are_visible_to_a_fresh_spark_sql_session(cluster_run):
+    from pipeline.spark import session_settings
+
+    reference_run = cluster_run[0]
+    settings = session_settings(reference_run, overrides={"spark.master": "local[1]"})
+    confs = [arg for key, value in settings.items() if key.startswith(("spark.", "javax.", "hive."))
+             for arg in ("--conf", f"{key if key.startswith('spark.') else 'spark.hadoop.' + key}={value}")]
+    spark_sql = Path(__import__("pyspark").__file__).parent / "bin" / "spark-sql"
+    result = subprocess.run(
+        [str(spark_sql), *confs, "-S", "-e",
+         f"SELECT count(*) FROM traffic.flows WHERE `date` = '{NIGHT}';"
+         f"SELECT count(*) FROM traffic.flow_scores WHERE `date` = '{NIGHT}' AND model = 'rearview';"],
+        cwd=reference_run, env=dict(os.environ, PYSPARK_PYTHON=str(VENV_BIN / "python")),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = [int(line) for line in result.stdout.split() if line.strip().isdigit()]
+    flows = len(table_rows(reference_run / "flows", f"date={NIGHT}", ["flow_id"]))
+    assert counts == [flows, flows]
+
+
+def test_standalone_spark_master_gives_the_same_tables(cluster_run, reference_tables):
+    root, result, master = cluster_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert f"master={master}" in result.stdout + result.stderr
+    assert _tables(root) == reference_tables
