@@ -2,7 +2,7 @@
 #   make run    DetectTask on the embedded sample archive (installs first)
 #   make test   installs, then runs the test suite
 #   make bench  benchmarks -> docs/benchmarks.md     make fuzz  10,000 parser fuzz cases
-#   make results  detection quality on four dev archives x three seeds -> docs/results.md
+#   make results  detection quality on six dev archives x three seeds -> docs/results.md
 
 PYTHON_SYSTEM ?= python3
 VENV          := .venv
@@ -60,17 +60,20 @@ bench: install
 fuzz: install
 	$(PY) bench/fuzz_capture.py --cases $(FUZZ_CASES) --shared-data $(SHARED_DATA)
 
-# The verdict, both detectors and the baselines on four dev archives x three training
-# seeds (docs/results.md; docs/verdict.md has the rules these numbers decide). Two of the
+# The verdict, both detectors and the baselines on six dev archives x three training
+# seeds (docs/results.md; docs/verdict.md has the rules these numbers decide). Four of the
 # archives are drawn from the shared captures with ../shared/tools/new_dev_archive.sh
 # (needs Wireshark's editcap: apt-get install -y tshark).
 results: install
 	@command -v editcap >/dev/null || { echo "editcap is required to draw the dev archives (apt-get install -y tshark)"; exit 1; }
 	test -d $(DEV_ARCHIVES)/s13/archive || ../shared/tools/new_dev_archive.sh 13 $(DEV_ARCHIVES)/s13 --gz-night 1
 	test -d $(DEV_ARCHIVES)/s14k/archive || ../shared/tools/new_dev_archive.sh 14 $(DEV_ARCHIVES)/s14k --known-service-kinds c2,exfil
+	test -d $(DEV_ARCHIVES)/f21/archive || ../shared/tools/new_dev_archive.sh 21 $(DEV_ARCHIVES)/f21
+	test -d $(DEV_ARCHIVES)/f22k/archive || ../shared/tools/new_dev_archive.sh 22 $(DEV_ARCHIVES)/f22k --known-service-kinds c2,exfil
 	$(PY) -m bench.results --seeds $(SEEDS) --warehouse $(RESULTS_WH) --out docs/results.md \
 		--archive-set A=$(SHARED_DATA)/archive --archive-set B=$(SHARED_DATA_B)/archive \
-		--archive-set S13=$(DEV_ARCHIVES)/s13/archive --archive-set S14K=$(DEV_ARCHIVES)/s14k/archive
+		--archive-set S13=$(DEV_ARCHIVES)/s13/archive --archive-set S14K=$(DEV_ARCHIVES)/s14k/archive \
+		--archive-set F21=$(DEV_ARCHIVES)/f21/archive --archive-set F22K=$(DEV_ARCHIVES)/f22k/archive
 
 clean:
 	rm -rf $(WAREHOUSE) spark-warehouse metastore_db derby.log .pytest_cache

@@ -150,16 +150,29 @@ def test_evidence_text_lists_strongest_pieces_then_what_was_lacking():
 
 
 # ----------------------------------------------------------------- the verdict on generated nights
-def test_a_coordinated_attack_at_a_known_service_reaches_the_alarm_through_model_evidence(reference):
+def _known_service_attack(rng, screening=None) -> pd.DataFrame:
+    """40 flows of one known host pair to a known service, scored far past both A2GNN's and
+    RearView's refinement thresholds."""
+    return _flows(40, rng, src="10.0.0.5", dst="10.0.1.4", seen=3, start_ms=5 * 86_400_000 + 1000,
+                  spacing_ms=200, a2gnn=np.full(40, 5.0), refined=np.full(40, 6.0), atom=["atk"] * 40,
+                  screening=screening)
+
+
+@pytest.mark.parametrize("config, screening", [
+    (VerdictConfig(), np.full(40, 0.9999)),                 # default: all three model pieces speak
+    (VerdictConfig(coordination="off"), None),              # plain night rule: two detectors suffice
+])
+def test_a_coordinated_attack_at_a_known_service_reaches_the_alarm_through_model_evidence(reference, config,
+                                                                                        screening):
     rng = np.random.default_rng(5)
     night = _benign_night(rng, start_ms=5 * 86_400_000)
-    attack = _flows(40, rng, src="10.0.0.5", dst="10.0.1.4", seen=3, start_ms=5 * 86_400_000 + 1000,
-                    spacing_ms=200, a2gnn=np.full(40, 5.0), refined=np.full(40, 6.0), atom=["atk"] * 40)
-    scores, incidents = score_night(pd.concat([night, attack], ignore_index=True), reference, VerdictConfig(),
+    attack = _known_service_attack(rng, screening)
+    scores, incidents = score_night(pd.concat([night, attack], ignore_index=True), reference, config,
                                     MODELS, "2026-01-06", "v1")
     hit = scores.iloc[len(night):]
     assert hit["p_history"].eq(1.0).all()                 # nothing about it is new
     assert hit["is_anomaly"].all()
+    assert not hit["evidence"].str.contains("coordinated").any()   # the single-flow path, not coordination
     assert hit["incident_id"].nunique() == 1 and hit["incident_id"].iloc[0] in set(incidents["incident_id"])
 
 

@@ -54,9 +54,9 @@ class VerdictConfig:
     min_night_flows: int = 200
     # added after verdict versions existed: left out of the version while at these values
     lfdr_level: float = dataclasses.field(default=0.2, metadata={"added_later": 0.2})
-    coordination: str = dataclasses.field(default="off", metadata={"added_later": "off"})
+    coordination: str = dataclasses.field(default="new_pattern", metadata={"added_later": "off"})
     coordination_min_flows: int = dataclasses.field(default=5, metadata={"added_later": 5})
-    single_flow_budget_share: float = dataclasses.field(default=1.0, metadata={"added_later": 1.0})
+    single_flow_budget_share: float = dataclasses.field(default=0.05, metadata={"added_later": 1.0})
 
     def __post_init__(self):
         if not 0.0 < self.false_alarm_budget < 1.0:
