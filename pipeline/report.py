@@ -316,16 +316,36 @@ def _volumes_section(summary: dict) -> str:
         rows = [[_esc(f"status {k}"), _num(n)] for k, n in sorted(ingest["files_by_status"].items())]
         rows += [[_esc("packets read"), _num(ingest["packets_read"])],
                  [_esc("packets in flows"), _num(ingest["packets_in_flows"])]]
+        if ingest.get("bytes_skipped"):
+            rows.append([_esc("capture bytes skipped (damaged)"), _num(ingest["bytes_skipped"])])
         rows += [[_esc(f"skipped: {k}"), _num(n)] for k, n in ingest["skipped_by_reason"].items() if n]
         details.append("<div><h3>Ingest</h3>" + _table(["", "count"], rows) + "</div>")
     else:
         details.append('<p class="note">No ingest_stats partition for this night.</p>')
-    if errors and errors["errors"]:
-        rows = [[_esc(k), _num(n)] for k, n in sorted(errors["by_reason"].items())]
-        rows.append([_esc("fatal (rest of file unreadable)"), _num(errors["fatal"])])
-        details.append("<div><h3>Ingest errors</h3>" + _table(["reason", "count"], rows) + "</div>")
     parts.append(f'<div class="row">{"".join(details)}</div>')
+    if errors and errors["errors"]:
+        parts.append(ingest_errors_table(errors))
     return "<h2>Volumes</h2>" + "".join(parts)
+
+
+def ingest_errors_table(errors: dict) -> str:
+    """Every ingest error of the night (``summary["volumes"]["ingest_errors"]``): file,
+    byte offset, bytes skipped or left unread, reason, packets read after it, fatal.
+    File names and reasons come from the archive and are escaped like any text; a summary
+    written before the rows were kept gets the count per reason instead."""
+    rows = errors.get("rows")
+    if rows is None:
+        counts = [[_esc(k), _num(n)] for k, n in sorted(errors["by_reason"].items())]
+        counts.append([_esc("fatal (rest of file unreadable)"), _num(errors["fatal"])])
+        return "<div><h3>Ingest errors</h3>" + _table(["reason", "count"], counts) + "</div>"
+    cells = [[_esc(r["capture_file"]), _num(r["byte_offset"]), _num(r.get("byte_length")), _esc(r["reason"]),
+              _num(r.get("packets_after")), _esc("fatal" if r["fatal"] else "")] for r in rows]
+    note = ('<p class="note">Offsets and lengths are bytes of the decompressed capture; '
+            'a fatal error ended the file (the rest was unreadable), the others were skipped '
+            'and reading went on: packets after = packets of the file read after it.</p>')
+    table = _table(["file", "byte offset", "bytes", "reason", "packets after", ""], cells,
+                   numeric={1, 2, 4})
+    return f"<div><h3>Ingest errors ({_num(len(rows))})</h3>{note}{table}</div>"
 
 
 def _quality_section(summary: dict) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import capture_builder as cb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from pipeline.ingest.extract import extract_night, extract_night_local, list_capture_files, process_file
@@ -163,22 +164,28 @@ def test_bad_files_are_reported_and_quarantined_without_failing_the_night_and_re
              read_arrow_partition(wh, "ingest_stats", date=DAY).to_pylist()}
     errors = read_arrow_partition(wh, "ingest_errors", date=DAY).to_pylist()
     status = {Path(k).name: v["status"] for k, v in stats.items()}
+    # the inflated first record is skipped and the rest of its file read: partial
     assert status == {"good.pcap": "ok", "empty.pcap": "quarantined", "text.pcap": "quarantined",
-                      "cut.pcap": "partial", "inflated.pcap": "quarantined",
+                      "cut.pcap": "partial", "inflated.pcap": "partial",
                       "bad.pcap.gz": "quarantined"}
     assert summary["files"] == 6 and summary["files_bad"] == 5
     by_file = {Path(e["capture_file"]).name: e for e in errors}
     assert set(by_file) == {"empty.pcap", "text.pcap", "cut.pcap", "inflated.pcap", "bad.pcap.gz"}
-    assert by_file["inflated.pcap"]["byte_offset"] == 24
+    assert by_file["inflated.pcap"]["byte_offset"] == 24 and not by_file["inflated.pcap"]["fatal"]
+    assert by_file["inflated.pcap"]["byte_length"] == 16 + struct.unpack("<I", files["good.pcap"][32:36])[0]
+    assert by_file["inflated.pcap"]["packets_after"] == stats[f"{DAY}/inflated.pcap"]["packets_read"] == 9
     assert by_file["cut.pcap"]["byte_offset"] > 24
     for name, err in by_file.items():
         copy = Path(err["quarantine_path"])
         assert copy.is_file() and copy.read_bytes() == files[name]
         assert wh in copy.parents
-    # the valid part of the cut file still gives its flow; the archive is untouched
+    # the valid part of the cut file still gives its flow, and so do the records after the
+    # inflated one (the good conversation without its SYN); the archive is untouched
     flows = read_arrow_partition(wh, "flows", date=DAY)
     assert sorted(Path(f).name for f in flows.column("capture_file").to_pylist()) == \
-        ["cut.pcap", "good.pcap"]
+        ["cut.pcap", "good.pcap", "inflated.pcap"]
+    inflated = flows.filter(pc.equal(flows.column("capture_file"), f"{DAY}/inflated.pcap"))
+    assert inflated.column("bidirectional_packets").to_pylist() == [9]
     assert digest_before == {p: hashlib.sha256(p.read_bytes()).hexdigest()
                              for p in archive.rglob("*") if p.is_file()}
     for s in stats.values():
@@ -258,3 +265,72 @@ def pq_read(path: Path) -> pa.Table:
     import pyarrow.parquet as pq
 
     return pq.read_table(path)
+
+
+# ------------------------------------------------------------------ damage and odd entries
+def _three_conversations() -> tuple[bytes, list[int]]:
+    """Three TCP conversations as one pcap: ``(bytes, record offsets)``."""
+    packets = []
+    for i in range(3):
+        packets += cb.tcp_conversation(f"10.0.2.{i + 1}", "10.0.0.1", 41000 + i, 80, cb.BASE_TS + 10 * i)
+    data = cb.pcap_bytes(packets, linktype=101)
+    offsets, pos = [], 24
+    while pos < len(data):
+        offsets.append(pos)
+        pos += 16 + struct.unpack("<I", data[pos + 8:pos + 12])[0]
+    return data, offsets
+
+
+def test_a_skipped_range_is_one_ingest_errors_row_and_the_packets_after_it_are_counted(tmp_path):
+    data, offsets = _three_conversations()
+    damaged = bytearray(data)
+    damaged[offsets[12]:offsets[12] + 16] = bytes(16)          # a header in the second conversation
+    _flows, stats, errors = process_file(cb.write(tmp_path / "a.pcap", bytes(damaged)), "a.pcap")
+    assert [{k: v for k, v in e.items() if k != "reason"} for e in errors] == [dict(
+        capture_file="a.pcap", byte_offset=offsets[12], byte_length=offsets[13] - offsets[12],
+        fatal=False, quarantine_path=None, packets_after=len(offsets) - 13)]
+    assert errors[0]["reason"].startswith("corrupt pcap record header (timestamp 0 s")
+    assert stats["packets_read"] == len(offsets) - 1 == stats["packets_in_flows"]
+    assert (stats["status"], stats["bytes_skipped"], stats["resyncs"]) == \
+        ("partial", offsets[13] - offsets[12], 1)
+
+
+def test_bytes_skipped_adds_up_the_error_lengths_of_a_file_cut_after_damage(tmp_path):
+    data, offsets = _three_conversations()
+    damaged = bytearray(data[:-3])
+    damaged[offsets[5] + 8:offsets[5] + 12] = struct.pack("<I", 0xFFFFFFFF)
+    _flows, stats, errors = process_file(cb.write(tmp_path / "a.pcap", bytes(damaged)), "a.pcap")
+    assert [(e["byte_offset"], e["fatal"], e["packets_after"]) for e in errors] == [
+        (offsets[5], False, len(offsets) - 7), (offsets[-1], True, 0)]
+    assert stats["bytes_skipped"] == sum(e["byte_length"] for e in errors) == \
+        (offsets[6] - offsets[5]) + (len(data) - 3 - offsets[-1])
+    assert stats["packets_read"] == len(offsets) - 2 and stats["status"] == "partial"
+
+
+def test_a_directory_named_like_a_capture_is_reported_in_ingest_errors_never_skipped(tmp_path):
+    archive, wh = tmp_path / "archive", tmp_path / "wh"
+    data, offsets = _three_conversations()
+    cb.write(archive / DAY / "good.pcap", data)
+    (archive / DAY / "x.pcap").mkdir()
+    cb.write(archive / DAY / "x.pcap" / "inner.pcap", data)    # a capture inside it is still read
+    names = [p.relative_to(archive / DAY).as_posix() for p in list_capture_files(archive, DAY)]
+    assert names == ["good.pcap", "x.pcap", "x.pcap/inner.pcap"]
+    summary = extract_night_local(archive, DAY, wh)
+    errors = read_arrow_partition(wh, "ingest_errors", date=DAY).to_pylist()
+    assert errors == [dict(capture_file=f"{DAY}/x.pcap", byte_offset=0, fatal=True, quarantine_path=None,
+                           reason="unreadable file: not a regular file (a directory)",
+                           byte_length=None, packets_after=0)]
+    stats = {s["capture_file"]: s for s in read_arrow_partition(wh, "ingest_stats", date=DAY).to_pylist()}
+    assert (stats[f"{DAY}/x.pcap"]["status"], stats[f"{DAY}/x.pcap"]["file_bytes"]) == ("quarantined", 0)
+    assert stats[f"{DAY}/x.pcap/inner.pcap"]["packets_read"] == len(offsets)
+    assert summary["files"] == 3 and summary["files_bad"] == 1
+    assert not (wh / "quarantine").exists()  # nothing to copy: the error row says why
+
+
+def test_ingest_tables_written_before_the_damage_columns_read_them_as_null():
+    before = Path(__file__).resolve().parent / "data" / "warehouse_before_layout"
+    stats = read_arrow_partition(before, "ingest_stats", date="2026-01-03")
+    assert stats.schema.equals(schema.INGEST_STATS) and stats.num_rows == 1
+    assert stats.column("bytes_skipped").to_pylist() == [None] and stats.column("resyncs").to_pylist() == [None]
+    errors = read_arrow_partition(before, "ingest_errors", date="2026-01-03")
+    assert errors.schema.equals(schema.INGEST_ERRORS)

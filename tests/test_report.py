@@ -11,9 +11,10 @@ from test_evaluate import (
     build_synthetic_warehouse,
 )
 
-from pipeline.evaluation.night import evaluate_night
+from pipeline.evaluation.night import evaluate_night, ingest_error_rows
 from pipeline.report import (
-    _incident_drawing, _quality_section, atom_layout, incident_edges, labelled_hosts, write_report,
+    _incident_drawing, _quality_section, _volumes_section, atom_layout, incident_edges, ingest_errors_table,
+    labelled_hosts, write_report,
 )
 
 HOSTILE = '<script>alert("x")</script>'
@@ -71,6 +72,9 @@ def test_unlabelled_night_without_model_scores_still_gets_a_report(spark, tmp_pa
     # volumes from flows and ingest tables, hosts ranked by traffic
     assert ">260</div><div class=\"label\">flows" in text
     assert ">2</div><div class=\"label\">ingest errors" in text
+    # each error listed: file, offset; the partition predates lengths and packets after
+    assert text.count('<td class="">2026-01-03/lan.pcap</td><td class="num">10</td><td class="num">–</td>') == 1
+    assert text.count('<td class="">2026-01-03/lan.pcap</td><td class="num">20</td><td class="num">–</td>') == 1
     assert "busiest first" in text
     assert "No model scores for this night: the largest atoms are drawn." in text
     assert "10.10.0.81" in text
@@ -198,3 +202,36 @@ def test_incident_edges_count_its_pairs_flows_in_its_span_and_mark_flagged_ones(
     _incident_drawing(ax, hostile, 40, "drawn")          # mathtext-like names draw as text
     fig.canvas.draw()
     plt.close(fig)
+
+
+def test_every_ingest_error_is_listed_and_a_hostile_file_name_is_escaped():
+    rows = [
+        {"capture_file": f"2026-01-03/{HOSTILE}.pcap", "byte_offset": 123_456, "byte_length": 76,
+         "reason": f"corrupt pcap record header ({HOSTILE})", "fatal": False, "packets_after": 4_567},
+        {"capture_file": "2026-01-03/a&b.pcap", "byte_offset": 0, "byte_length": None,
+         "reason": "unreadable file: not a regular file (a directory)", "fatal": True, "packets_after": 0},
+    ]
+    errors = {"errors": 2, "fatal": 1, "by_reason": {}, "rows": rows}
+    summary = {"volumes": {"flows": 1, "packets": 2, "bytes": 3, "hosts": 4, "ingest": None,
+                           "ingest_errors": errors}}
+    for text in (ingest_errors_table(errors), _volumes_section(summary)):
+        assert HOSTILE not in text and "<script>" not in text
+        assert ('<td class="">2026-01-03/&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;.pcap</td>'
+                '<td class="num">123,456</td><td class="num">76</td>') in text
+        assert '<td class="num">4,567</td>' in text
+        assert '<td class="">2026-01-03/a&amp;b.pcap</td><td class="num">0</td><td class="num">–</td>' in text
+        assert "Ingest errors (2)" in text
+
+
+def test_ingest_error_rows_are_ordered_by_file_and_offset_with_missing_columns_as_none():
+    errors = pd.DataFrame({"capture_file": ["b.pcap", "a.pcap", "a.pcap"], "byte_offset": [5, 90, 24],
+                           "reason": ["x", "y", "z"], "fatal": [True, False, False],
+                           "byte_length": [None, 16.0, None]})
+    assert ingest_error_rows(errors) == [
+        {"capture_file": "a.pcap", "byte_offset": 24, "byte_length": None, "reason": "z", "fatal": False,
+         "packets_after": None},
+        {"capture_file": "a.pcap", "byte_offset": 90, "byte_length": 16, "reason": "y", "fatal": False,
+         "packets_after": None},
+        {"capture_file": "b.pcap", "byte_offset": 5, "byte_length": None, "reason": "x", "fatal": True,
+         "packets_after": None},
+    ]

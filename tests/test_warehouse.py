@@ -40,7 +40,8 @@ def test_spark_write_is_read_back_with_declared_schema(spark, tmp_path):
     df = spark.createDataFrame([("f1", 10, "truncated")], "capture_file string, byte_offset long, reason string")
     warehouse.write_spark_partition(df, tmp_path, "ingest_errors", date="2026-01-01")
     back = warehouse.read_partition(spark, tmp_path, "ingest_errors", date="2026-01-01")
-    assert back.columns == ["capture_file", "byte_offset", "reason", "fatal", "quarantine_path"]
+    assert back.columns == ["capture_file", "byte_offset", "reason", "fatal", "quarantine_path",
+                            "byte_length", "packets_after"]
     assert back.collect()[0]["reason"] == "truncated"
 
 

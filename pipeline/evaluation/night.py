@@ -114,6 +114,31 @@ def flow_totals(flows: pd.DataFrame) -> dict:
     }
 
 
+INGEST_ERROR_FIELDS = ("capture_file", "byte_offset", "byte_length", "reason", "fatal", "packets_after")
+"""The ``ingest_errors`` columns a night's summary lists per error (``volumes.ingest_errors.rows``)."""
+
+
+def ingest_error_rows(errors: pd.DataFrame) -> list[dict]:
+    """Every ``ingest_errors`` row as a JSON-ready dict of ``INGEST_ERROR_FIELDS``, ordered by
+    file and offset; columns a partition written before they existed lacks are ``None``."""
+    ordered = errors.sort_values(["capture_file", "byte_offset"], kind="stable")
+    rows = []
+    for record in ordered.to_dict("records"):
+        row = {}
+        for name in INGEST_ERROR_FIELDS:
+            value = record.get(name)
+            if value is None or (not isinstance(value, str) and pd.isna(value)):
+                row[name] = None
+            elif name == "fatal":
+                row[name] = bool(value)
+            elif name in ("byte_offset", "byte_length", "packets_after"):
+                row[name] = int(value)
+            else:
+                row[name] = str(value)
+        rows.append(row)
+    return rows
+
+
 def night_volumes(spark, warehouse: Path, date: str, totals: dict) -> dict:
     """``totals`` (``flow_totals``) plus ingest accounting when its tables exist."""
     volumes: dict = dict(totals)
@@ -127,6 +152,7 @@ def night_volumes(spark, warehouse: Path, date: str, totals: dict) -> dict:
             "packets_in_flows": int(stats["packets_in_flows"].fillna(0).sum()),
             "packets_skipped": int(stats["packets_skipped"].fillna(0).sum()),
             "skipped_by_reason": {c[len("skipped_"):]: int(stats[c].fillna(0).sum()) for c in skipped},
+            "bytes_skipped": int(stats["bytes_skipped"].fillna(0).sum()),
             "files_by_status": {str(k): int(v) for k, v in stats["status"].value_counts().items()},
         }
     except FileNotFoundError:
@@ -137,6 +163,7 @@ def night_volumes(spark, warehouse: Path, date: str, totals: dict) -> dict:
             "errors": int(len(errors)),
             "fatal": int(errors["fatal"].fillna(False).sum()),
             "by_reason": {str(k): int(v) for k, v in errors["reason"].value_counts().items()},
+            "rows": ingest_error_rows(errors),
         }
     except FileNotFoundError:
         volumes["ingest_errors"] = None

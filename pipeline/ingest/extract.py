@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -47,6 +48,9 @@ __all__ = ["FlowConfig", "FileScan", "list_capture_files", "process_file", "extr
 def list_capture_files(archive: Path, date: str) -> list[Path]:
     """``<archive>/<date>/**/*.{pcap,pcapng,cap}[.gz]``, sorted by archive-relative name.
 
+    Every entry named like a capture is listed, whatever it is: a directory, a pipe or a
+    broken link named ``x.pcap`` is not silently skipped but read by ``FileScan``, which
+    reports it in ``ingest_errors`` (captures inside such a directory are listed too).
     Raises ``ValueError`` for a date not in ``YYYY-MM-DD`` form; returns ``[]`` when the
     night's folder does not exist.
     """
@@ -55,8 +59,17 @@ def list_capture_files(archive: Path, date: str) -> list[Path]:
     night = Path(archive) / date
     if not night.is_dir():
         return []
-    files = [p for p in night.rglob("*") if p.is_file() and CAPTURE_NAME.match(p.name)]
+    files = [p for p in night.rglob("*") if CAPTURE_NAME.match(p.name)]
     return sorted(files, key=lambda p: p.relative_to(night).as_posix())
+
+
+def _regular_file_bytes(path: Path) -> int:
+    """Size of a regular file (following links); 0 for anything else or an unreadable path."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 # ------------------------------------------------------------------ one file
@@ -74,8 +87,10 @@ class FileScan:
     at the end come last with reason ``end_of_capture``); afterwards ``scan.stats`` is
     one ``schema.INGEST_STATS`` row (``flows`` = this file's flows before cross-file
     merging) and ``scan.errors`` the ``schema.INGEST_ERRORS`` rows (``quarantine_path``
-    still empty). Memory: one read chunk + the open flows + ``flush_flows`` finished
-    ones. Never raises on bad input.
+    still empty; ``packets_after``: packets read after the problem). Damaged ranges the
+    reader skipped make the file ``partial``, as does a fatal error after some packets.
+    Memory: one read chunk + the open flows + ``flush_flows`` finished ones. Never raises
+    on bad input.
     """
 
     flush_flows = 10_000
@@ -84,11 +99,7 @@ class FileScan:
         self.path = Path(path)
         self.capture_file = capture_file
         self.config = config
-        try:
-            file_bytes = self.path.stat().st_size
-        except OSError:
-            file_bytes = 0
-        self.stats = _empty_stats(capture_file, file_bytes)
+        self.stats = _empty_stats(capture_file, _regular_file_bytes(self.path))
         self.errors: list[dict] = []
         self.first_packet_us: int | None = None  # earliest timestamp read so far (us)
 
@@ -131,10 +142,14 @@ class FileScan:
         stats["first_packet_ms"] = None if first_us is None else first_us // 1000
         stats["last_packet_ms"] = None if last_us is None else last_us // 1000
         stats["last_packet_us"] = last_us  # not a table column: for the night's end
-        if any(e.fatal for e in info.errors):
+        stats["bytes_skipped"] = info.bytes_skipped
+        stats["resyncs"] = info.resyncs
+        if any(e.fatal or e.byte_length for e in info.errors):
             stats["status"] = "partial" if stats["packets_read"] > 0 else "quarantined"
         self.errors = [dict(capture_file=capture_file, byte_offset=e.byte_offset,
-                            reason=e.reason, fatal=e.fatal, quarantine_path=None)
+                            reason=e.reason, fatal=e.fatal, quarantine_path=None,
+                            byte_length=e.byte_length,
+                            packets_after=stats["packets_read"] - e.packets_before)
                        for e in info.errors]
 
 
@@ -249,7 +264,10 @@ def _file_task(config: FlowConfig, staging: str):
 
 
 def _quarantine(archive_file: Path, quarantine_dir: Path, capture_file: str) -> str | None:
-    """Copy a bad file into quarantine (the archive is never touched); returns the copy."""
+    """Copy a bad file into quarantine (the archive is never touched); returns the copy, or
+    None when there is nothing to copy (not a regular file: its error row says so)."""
+    if not archive_file.is_file():
+        return None
     target = quarantine_dir / capture_file
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -101,11 +101,18 @@ INGEST_STATS = pa.schema(
         pa.field("flows", pa.int64()),
         pa.field("first_packet_ms", pa.int64()),
         pa.field("last_packet_ms", pa.int64()),
+        # added later (null in partitions written before): damage skipped while reading
+        pa.field("bytes_skipped", pa.int64()),       # sum of this file's ingest_errors.byte_length
+        pa.field("resyncs", pa.int64()),             # times reading resumed after damaged bytes
     ]
 )
 """Per capture file accounting. Identity: packets_read == packets_in_flows + packets_skipped,
 and packets_skipped == sum of the skipped_* columns. ``flows`` counts the flows whose first
-packet is in this file, after merging flows that straddle rotated files."""
+packet is in this file, after merging flows that straddle rotated files. ``bytes_skipped``
+counts capture bytes (decompressed) not read as records: damaged ranges skipped, the
+unreadable rest after a fatal error, a cut-short last record. ``status``: ``ok``;
+``partial`` when bytes were skipped or reading stopped early after some packets;
+``quarantined`` when nothing could be read (a copy of a regular file is quarantined)."""
 
 INGEST_ERRORS = pa.schema(
     [
@@ -114,8 +121,16 @@ INGEST_ERRORS = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("fatal", pa.bool_()),               # True: rest of file unreadable
         pa.field("quarantine_path", pa.string()),    # where a copy of the file was put
+        # added later (null in partitions written before)
+        pa.field("byte_length", pa.int64()),         # bytes skipped / left unread from byte_offset
+        pa.field("packets_after", pa.int64()),       # packets of the file read after this problem
     ]
 )
+"""One row per problem found in a capture file. ``byte_offset`` and ``byte_length`` are in
+the decompressed stream (a gzip error's ``reason`` names the compressed byte too);
+``byte_length`` is null when the problem cost no bytes (e.g. an unsupported link type). A
+damaged range the reader skipped is one row with ``fatal`` false; the rows of one file's
+``byte_length`` add up to its ``ingest_stats.bytes_skipped``."""
 
 # -------------------------------------------------------------------------- graph
 GRAPH_VERTICES = pa.schema(

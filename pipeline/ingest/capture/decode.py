@@ -2,8 +2,9 @@
 
 Each kernel fills a packet matrix ``P`` of shape ``[rows, NCOL]`` (int64), one row per
 record, with the column indices below. Rows are written until the buffer runs out, the
-matrix is full, or a structural error makes the rest of the file unreadable; the kernel
-returns ``(rows_written, next_position, code)`` so the caller can refill and resume.
+matrix is full, or a record header / block is implausible; the kernel returns
+``(rows_written, next_position, code)`` so the caller can refill, or resynchronise
+(``boundary``), and resume.
 
 Addresses are two int64 halves (IPv4: ``hi = 0``, ``lo = address``; IPv6: the 128 bits
 big-endian split in two). Sizes are IP bytes (IPv4 total length, IPv6 40 + payload
@@ -14,6 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pipeline.ingest.capture.boundary import (  # noqa: F401 - framing constants live there
+    MAX_BLOCK_BYTES, PCAPNG_SHB, pcap_header_fault,
+)
+
 # ----------------------------------------------------------------- packet matrix columns
 TS, STATUS, IPVER, S0, S1, D0, D1, SPORT, DPORT, PROTO, VLAN, IPLEN, FLAGS, FRAG, IPID, \
     ICMPTYPE, ICMPCODE, OFFSET = range(18)
@@ -23,13 +28,10 @@ NCOL = 18
 OK, NON_IP, TRUNCATED, MALFORMED_IP, UNSUPPORTED_LINK, CORRUPT_RECORD = range(6)
 # FRAG values
 NOT_FRAGMENT, FIRST_FRAGMENT, LATER_FRAGMENT = range(3)
-# kernel return codes
-CODE_OK, CODE_CORRUPT, CODE_SHB, CODE_IDB = range(4)
-
-PCAPNG_SHB = 0x0A0D0D0A
-MAX_BLOCK_BYTES = 1 << 25
-"""Largest pcapng block accepted (32 MiB): an inflated length field is an error, not an
-allocation."""
+# kernel return codes: CODE_CORRUPT = the record header / block at the returned position
+# is implausible; CODE_UNCONFIRMED = the pcap record there is plausible but the header at
+# its end is not (its length or that header is damaged: the caller decides which)
+CODE_OK, CODE_CORRUPT, CODE_SHB, CODE_IDB, CODE_UNCONFIRMED = range(5)
 
 SUPPORTED_LINK_TYPES = (0, 1, 12, 14, 101, 108, 113, 228, 229, 276)
 
@@ -248,25 +250,41 @@ def decode_packet(b, o, caplen, linktype, P, i):
 
 
 @njit(cache=True)
-def walk_pcap(b, pos, end, swapped, nano, linktype, caplen_limit, P, base_offset):
-    """Classic pcap records in ``b[pos:end]``; ``base_offset`` = file offset of ``b[0]``."""
+def walk_pcap(b, pos, end, final, swapped, nano, linktype, caplen_limit, ts_lo, ts_hi, trusted,
+              P, base_offset):
+    """Classic pcap records in ``b[pos:end]``; ``base_offset`` = file offset of ``b[0]``.
+
+    A record is taken when its header is plausible (``boundary.pcap_header_fault``) and
+    so is the header at its end, or the data end there (``final``: the file's end; a
+    header cut short there is left for the caller to report). The record at ``trusted``
+    (buffer index, -1 for none) is taken without looking at the header after it.
+    """
     n = 0
     rows = P.shape[0]
+    checked = -1  # the header already found plausible (the previous record's look-ahead)
     while n < rows:
         if end - pos < 16:
             break
+        if pos != checked and pcap_header_fault(b, pos, swapped, nano, caplen_limit, ts_lo, ts_hi) != 0:
+            return n, pos, CODE_CORRUPT
         sec = _u32(b, pos, swapped)
         frac = _u32(b, pos + 4, swapped)
         caplen = _u32(b, pos + 8, swapped)
-        if caplen > caplen_limit:
-            return n, pos, CODE_CORRUPT
-        if end - pos - 16 < caplen:
+        nxt = pos + 16 + caplen
+        if nxt > end:
             break
+        if pos != trusted:
+            if nxt + 16 <= end:
+                if pcap_header_fault(b, nxt, swapped, nano, caplen_limit, ts_lo, ts_hi) != 0:
+                    return n, pos, CODE_UNCONFIRMED
+                checked = nxt
+            elif not final:
+                break
         decode_packet(b, pos + 16, caplen, linktype, P, n)
         P[n, TS] = sec * 1_000_000 + (frac // 1000 if nano else frac)
         P[n, OFFSET] = base_offset + pos
         n += 1
-        pos += 16 + caplen
+        pos = nxt
     return n, pos, CODE_OK
 
 

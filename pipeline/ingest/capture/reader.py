@@ -1,15 +1,25 @@
 """Streaming capture reader: classic pcap / pcapng, optionally gzip, in bounded chunks.
 
 ``CaptureReader(path).batches()`` yields packet matrices (see ``decode``) of at most
-``batch_rows`` rows. Memory is bounded by ``chunk_bytes`` + the largest accepted record
-(``MAX_CAPLEN``), whatever the file's size. Problems never raise: they are collected in
-``reader.errors`` as ``CaptureError(byte_offset, reason, fatal)`` and reading stops at a
-fatal one, keeping every packet decoded before it.
+``batch_rows`` rows. Memory is bounded by ``chunk_bytes`` + a few of the largest accepted
+records (``MAX_CAPLEN``) or one block (``decode.MAX_BLOCK_BYTES``), whatever the file's
+size. Problems never raise: they are collected in ``reader.info.errors`` as
+``CaptureError``\\ s.
+
+Damage does not end a file. At an implausible record header or block the reader skips to
+the next confirmed record boundary (``boundary`` states the rules) and carries on: each
+skipped range is one non-fatal error with its offset, length and reason, and the packets
+after it are read. Reading stops early only where nothing more can be read: the file
+ends inside a record, the gzip stream is cut or corrupt, or no boundary follows the damage
+(a fatal error whose length is the rest of the data). Offsets and lengths are in the
+decompressed stream; a gzip error's reason also names the compressed byte.
 """
 from __future__ import annotations
 
 import gzip
 import logging
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -18,30 +28,27 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from pipeline.ingest.capture import decode
+from pipeline.ingest.capture import boundary, decode
+from pipeline.ingest.capture.boundary import MAX_CAPLEN, PCAP_MAGICS  # noqa: F401 - public here too
 
 log = logging.getLogger(__name__)
 
-MAX_CAPLEN = 262_144
-"""Hard maximum for a record's captured length (Wireshark's limit)."""
-
-PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": (False, False),  # little-endian, microseconds
-    b"\xa1\xb2\xc3\xd4": (True, False),   # big-endian, microseconds
-    b"\x4d\x3c\xb2\xa1": (False, True),   # little-endian, nanoseconds
-    b"\xa1\xb2\x3c\x4d": (True, True),    # big-endian, nanoseconds
-}
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
 class CaptureError:
-    """A problem in a capture file: where (byte offset in the decompressed stream) and why."""
+    """A problem in a capture file: where (byte offset in the decompressed stream), why,
+    whether reading stopped there (``fatal``), how many bytes it cost (``byte_length``:
+    bytes skipped or left unread from ``byte_offset``; ``None`` when nothing was skipped,
+    e.g. a warning) and how many packets had been read before it (``packets_before``)."""
 
     byte_offset: int
     reason: str
     fatal: bool
+    byte_length: int | None = None
+    packets_before: int = 0
 
 
 @dataclass
@@ -52,24 +59,63 @@ class CaptureInfo:
     link_types: set[int] = field(default_factory=set)
     errors: list[CaptureError] = field(default_factory=list)
     complete: bool = False
-    """True when the file was read to its end without a fatal error."""
+    """True when the file was read to its end without a fatal error (skipped ranges
+    included)."""
+    resyncs: int = 0
+    """Times reading resumed at a confirmed boundary after skipping damaged bytes."""
+
+    @property
+    def bytes_skipped(self) -> int:
+        """Bytes of the decompressed stream not read as records: the errors' lengths."""
+        return sum(e.byte_length or 0 for e in self.errors)
 
 
 class _Stream:
-    """A read-only byte stream (raw or gunzipped) that turns I/O errors into a flag."""
+    """A read-only byte stream (raw or gunzipped) that turns I/O errors into a flag.
 
-    def __init__(self, handle: BinaryIO):
+    ``compressed``: the underlying file of a gzip stream (to say where it broke).
+    """
+
+    def __init__(self, handle: BinaryIO, compressed: BinaryIO | None = None):
         self.handle = handle
+        self.compressed = compressed
         self.error: str | None = None
 
     def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at the end or at an error, and then every byte
+        decompressed before the error is returned."""
         if self.error is not None:
             return b""
+        parts, got = [], 0
         try:
-            return self.handle.read(size)
+            while got < size:
+                part = self.handle.read1(size - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
         except (OSError, EOFError, zlib.error) as exc:
-            self.error = f"read error: {type(exc).__name__}: {exc}"
-            return b""
+            self.error = self._describe(exc)
+        return b"".join(parts)
+
+    def _describe(self, exc: Exception) -> str:
+        if self.compressed is None:
+            return f"read error: {type(exc).__name__}: {exc}"
+        try:
+            where = self.compressed.tell()
+        except (OSError, ValueError):
+            where = -1
+        if isinstance(exc, EOFError):
+            return f"gzip stream cut short: the compressed file ends at byte {where} before its end marker"
+        return f"gzip data error near compressed byte {where}: {type(exc).__name__}: {exc}"
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+# reading modes of the refill loop
+_START, _IN_SYNC, _SEARCHING, _SUSPECT = range(4)
 
 
 class CaptureReader:
@@ -83,13 +129,25 @@ class CaptureReader:
         self.chunk_bytes = max(int(chunk_bytes), 4096)
         self.batch_rows = int(batch_rows)
         self.info = CaptureInfo()
+        self.packets = 0
+        """Packets yielded so far."""
 
     # ------------------------------------------------------------------ helpers
-    def _error(self, offset: int, reason: str, fatal: bool = True) -> None:
-        self.info.errors.append(CaptureError(int(offset), reason, fatal))
+    def _error(self, offset: int, reason: str, fatal: bool = True, length: int | None = None) -> None:
+        self.info.errors.append(CaptureError(int(offset), reason, fatal,
+                                             None if length is None else int(length), self.packets))
         log.warning("%s: byte %d: %s", self.path, offset, reason)
 
     def _open(self) -> _Stream | None:
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError as exc:
+            self._error(0, f"unreadable file: {exc.strerror or exc}")
+            return None
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+            self._error(0, f"unreadable file: not a regular file ({kind})")
+            return None
         try:
             raw = open(self.path, "rb")
         except OSError as exc:
@@ -103,7 +161,7 @@ class CaptureReader:
             return None
         raw.seek(0)
         if head == GZIP_MAGIC:
-            return _Stream(gzip.GzipFile(fileobj=raw, mode="rb"))
+            return _Stream(gzip.GzipFile(fileobj=raw, mode="rb"), compressed=raw)
         return _Stream(raw)
 
     def batches(self) -> Iterator[np.ndarray]:
@@ -121,7 +179,8 @@ class CaptureReader:
                 return
             if head == PCAPNG_MAGIC:
                 self.info.file_format = "pcapng"
-                yield from self._pcapng(stream, head)
+                # put the magic back in front: the SHB is parsed like any other block
+                yield from self._drive(_Prefixed(stream, head), 0, _PcapngFrames(self))
             elif head in PCAP_MAGICS:
                 self.info.file_format = "pcap"
                 yield from self._pcap(stream, head)
@@ -129,104 +188,243 @@ class CaptureReader:
                 self._error(0, f"not a capture file (magic {head.hex()})")
         finally:
             stream.handle.close()
+            if stream.compressed is not None:
+                stream.compressed.close()
 
-    # ------------------------------------------------------------------ classic pcap
     def _pcap(self, stream: _Stream, magic: bytes) -> Iterator[np.ndarray]:
-        swapped, nano = PCAP_MAGICS[magic]
         rest = stream.read(20)
         if len(rest) < 20:
             self._error(len(rest) + 4, stream.error or "truncated pcap file header")
             return
-        order = ">" if swapped else "<"
-        _vmaj, _vmin, _zone, _sigfigs, snaplen, linktype_field = struct.unpack(order + "HHiIII", rest)
-        linktype = linktype_field & 0x0FFFFFFF
+        framing = boundary.pcap_framing(magic + rest)
+        linktype = struct.unpack((">" if framing.swapped else "<") + "I", rest[16:20])[0] & 0x0FFFFFFF
         self.info.link_types.add(linktype)
         if linktype not in decode.SUPPORTED_LINK_TYPES:
             self._error(24, f"unsupported link type {linktype}: packets counted, not decoded", False)
-        caplen_limit = max(snaplen, 65_535) if 0 < snaplen <= MAX_CAPLEN else MAX_CAPLEN
+        yield from self._drive(stream, 24, _PcapFrames(framing, linktype))
 
-        def kernel(buf, pos, end, P, base):
-            n, pos, code = decode.walk_pcap(buf, pos, end, swapped, nano, linktype,
-                                            caplen_limit, P, base)
-            return n, pos, code
+    # ------------------------------------------------------------------ refill loop
+    def _drive(self, stream, start_offset: int, frames) -> Iterator[np.ndarray]:
+        """Read, walk records, resynchronise after damage; shared by both formats.
 
-        yield from self._drive(stream, 24, kernel, "pcap record")
-
-    def _drive(self, stream: _Stream, start_offset: int, kernel, what: str):
-        """Refill loop shared by both formats: read, run ``kernel``, keep the tail."""
+        Modes: ``_START`` (pcap: is the first record a boundary?), ``_IN_SYNC``
+        (walking), ``_SEARCHING`` (skipping damaged bytes to the next boundary) and
+        ``_SUSPECT`` (a plausible record whose successor header is not: is its length
+        wrong, or the next header damaged?).
+        """
         P = np.empty((self.batch_rows, decode.NCOL), dtype=np.int64)
         pending = b""
         base = start_offset  # file offset of pending[0]
         eof = False
+        mode = _START if frames.checks_start else _IN_SYNC
+        damaged_from, damage, search, suspect_end = 0, "", 0, 0
         while True:
             if not eof:
                 data = stream.read(self.chunk_bytes)
                 eof = len(data) == 0
                 pending = pending + data if pending else data
             buf = np.frombuffer(pending, dtype=np.uint8)
+            end = len(buf)
             pos = 0
             while True:
-                n, pos, code = kernel(buf, pos, len(buf), P, base)
+                trusted = -1
+                if mode == _START:
+                    verdict = frames.verdict(buf, pos, eof)
+                    if verdict == boundary.SHORT:
+                        break
+                    if verdict == boundary.BROKEN and frames.header_plausible(buf, pos):
+                        mode, suspect_end = _SUSPECT, base + frames.record_end(buf, pos)
+                    elif verdict == boundary.BROKEN:
+                        mode, damaged_from, search = _SEARCHING, base + pos, pos + 1
+                        damage = frames.describe(buf, pos)
+                    else:
+                        frames.synced(buf, pos)
+                        mode = _IN_SYNC
+                if mode == _SEARCHING:
+                    found, resume = frames.scan(buf, search, end, eof)
+                    if found is None:
+                        pos = search = resume
+                        break
+                    self._skipped(damaged_from, base + found, frames.what, damage)
+                    frames.synced(buf, found)
+                    mode, pos = _IN_SYNC, found
+                elif mode == _SUSPECT:
+                    q = suspect_end - base
+                    found, resume = frames.scan(buf, pos + 1, q, eof)
+                    if found is None and resume < q:
+                        break
+                    reason = frames.describe_length(buf, pos)
+                    if found is None:
+                        verdict = frames.verdict(buf, q, eof)
+                        if verdict == boundary.SHORT:
+                            break
+                        if verdict == boundary.CONFIRMED:  # the records after it disagree with it
+                            found, reason = q, "record header inconsistent with the records after it"
+                    if found is None:  # nothing starts inside the record: keep it
+                        frames.synced(buf, pos)
+                        trusted = pos
+                    else:
+                        self._skipped(base + pos, base + found, frames.what, reason)
+                        frames.synced(buf, found)
+                        pos = found
+                    mode = _IN_SYNC
+                n, pos, code = frames.walk(buf, pos, end, eof, trusted, P, base)
                 if n:
+                    self.packets += n
                     yield P[:n]
+                if code == decode.CODE_SHB or code == decode.CODE_IDB:
+                    consumed = frames.parse_block(code, buf, pos, end, base)
+                    if consumed is None:  # need more bytes
+                        break
+                    if consumed > 0:
+                        pos += consumed
+                        continue
+                    code = decode.CODE_CORRUPT
                 if code == decode.CODE_CORRUPT:
-                    self._error(base + pos, f"corrupt {what} header (length field out of range)")
-                    return
-                if code != decode.CODE_OK:  # format-specific block handled by the kernel
+                    mode, damaged_from, search = _SEARCHING, base + pos, pos + 1
+                    damage = frames.describe(buf, pos)
+                    continue
+                if code == decode.CODE_UNCONFIRMED:
+                    mode, suspect_end = _SUSPECT, base + frames.record_end(buf, pos)
                     continue
                 if n < P.shape[0]:
                     break
             pending = pending[pos:]
             base += pos
+            search -= pos
             if eof:
-                if stream.error:
-                    self._error(base, stream.error)
-                elif pending:
-                    self._error(base, f"truncated {what}: file ends {len(pending)} bytes into it")
-                else:
-                    self.info.complete = True
+                self._finish(stream, mode == _SEARCHING, damaged_from, damage, base, len(pending),
+                             frames.what)
                 return
 
-    # ------------------------------------------------------------------ pcapng
-    def _pcapng(self, stream: _Stream, magic: bytes) -> Iterator[np.ndarray]:
-        state = {
-            "swapped": False,
-            "links": [], "pow2": [], "exp": [], "snap": [],
-            "last_ts": 0,
-        }
-        arrays = {}
+    def _skipped(self, start: int, stop: int, what: str, damage: str) -> None:
+        """Bytes ``[start, stop)`` skipped as damaged; reading resumed at ``stop``."""
+        self.info.resyncs += 1
+        self._error(start, f"corrupt {what} header ({damage}): skipped to the next plausible {what}",
+                    fatal=False, length=stop - start)
 
-        def refresh():
-            arrays["link"] = np.array(state["links"] or [0], dtype=np.int64)
-            arrays["pow2"] = np.array(state["pow2"] or [0], dtype=np.bool_)
-            arrays["exp"] = np.array(state["exp"] or [6], dtype=np.int64)
-            arrays["snap"] = np.array(state["snap"] or [0], dtype=np.int64)
+    def _finish(self, stream, searching: bool, damaged_from: int, damage: str, base: int,
+                pending: int, what: str) -> None:
+        """Report how the data ended: ``base`` = file offset of the ``pending`` bytes left."""
+        if searching:
+            self._error(damaged_from, f"corrupt {what} header ({damage}): no plausible {what} "
+                                      f"after it, the rest of the data is unreadable",
+                        length=base + pending - damaged_from)
+        if stream.error:
+            tail = f"; the {pending} bytes after the last whole {what} are dropped" if pending else ""
+            self._error(base, stream.error + tail, length=pending)
+        elif pending and not searching:
+            self._error(base, f"truncated {what}: file ends {pending} bytes into it", length=pending)
+        elif not searching:
+            self.info.complete = True
 
-        refresh()
 
-        def kernel(buf, pos, end, P, base):
-            n, pos, code, last_ts = decode.walk_pcapng(
-                buf, pos, end, state["swapped"], arrays["link"], arrays["pow2"], arrays["exp"],
-                arrays["snap"], len(state["links"]), MAX_CAPLEN, state["last_ts"], P, base)
-            state["last_ts"] = last_ts
-            if code == decode.CODE_SHB:
-                consumed = self._parse_shb(buf, pos, end, state)
-                if consumed is None:   # need more bytes
-                    return n, pos, decode.CODE_OK
-                if consumed < 0:
-                    return n, pos, decode.CODE_CORRUPT
-                refresh()
-                return n, pos + consumed, decode.CODE_SHB
-            if code == decode.CODE_IDB:
-                blen = self._parse_idb(buf, pos, state)
-                refresh()
-                return n, pos + blen, decode.CODE_IDB
-            return n, pos, code
+class _PcapFrames:
+    """Classic pcap framing for the refill loop: walk, boundary checks, damage words."""
 
-        # put the magic back in front: the SHB is parsed like any other
-        yield from self._drive(_Prefixed(stream, magic), 0, kernel, "pcapng block")
+    what = "pcap record"
+    checks_start = True
 
-    def _parse_shb(self, buf: np.ndarray, pos: int, end: int, state: dict) -> int | None:
+    def __init__(self, framing: boundary.PcapFraming, linktype: int):
+        self.framing = framing
+        self.linktype = linktype
+
+    def walk(self, buf, pos, end, final, trusted, P, base):
+        f = self.framing
+        return decode.walk_pcap(buf, pos, end, final, f.swapped, f.nano, self.linktype,
+                                f.caplen_limit, f.ts_min_s, f.ts_max_s, trusted, P, base)
+
+    def scan(self, buf, start, limit, final):
+        return boundary.scan_record_boundary(buf, start, self.framing, final, limit)
+
+    def verdict(self, buf, pos, final):
+        return boundary.chain_verdict(buf, pos, self.framing, final)
+
+    def synced(self, buf, pos) -> None:
+        """A boundary at ``pos``: the first one dates the file's time window."""
+        if not self.framing.anchor_known and pos + 16 <= len(buf):
+            self.framing = self.framing.anchored(self._field(buf, pos, 0))
+
+    def header_plausible(self, buf, pos) -> bool:
+        f = self.framing
+        return pos + 16 <= len(buf) and boundary.pcap_header_fault(
+            buf, pos, f.swapped, f.nano, f.caplen_limit, f.ts_min_s, f.ts_max_s) == 0
+
+    def record_end(self, buf, pos) -> int:
+        return pos + 16 + self._field(buf, pos, 8)
+
+    def describe(self, buf, pos) -> str:
+        return boundary.describe_damage(buf, pos, self.framing)
+
+    def describe_length(self, buf, pos) -> str:
+        q = self.record_end(buf, pos)
+        return (f"captured length {self._field(buf, pos, 8)} leads to an implausible record header: "
+                f"{boundary.describe_damage(buf, q, self.framing)}")
+
+    def parse_block(self, code, buf, pos, end, base):
+        raise AssertionError("classic pcap has no blocks")
+
+    def _field(self, buf, pos, at) -> int:
+        return int.from_bytes(bytes(buf[pos + at:pos + at + 4]), "big" if self.framing.swapped else "little")
+
+
+class _PcapngFrames:
+    """pcapng framing for the refill loop: section and interface state, blocks."""
+
+    what = "pcapng block"
+    checks_start = False
+
+    def __init__(self, reader: CaptureReader):
+        self.reader = reader
+        self.swapped = False
+        self.links: list[int] = []
+        self.pow2: list[bool] = []
+        self.exp: list[int] = []
+        self.snap: list[int] = []
+        self.last_ts = 0
+        self._refresh()
+
+    @property
+    def framing(self) -> boundary.PcapngFraming:
+        return boundary.PcapngFraming(self.swapped, len(self.links), MAX_CAPLEN)
+
+    def _refresh(self) -> None:
+        self.arrays = (np.array(self.links or [0], dtype=np.int64),
+                       np.array(self.pow2 or [0], dtype=np.bool_),
+                       np.array(self.exp or [6], dtype=np.int64),
+                       np.array(self.snap or [0], dtype=np.int64))
+
+    def walk(self, buf, pos, end, final, trusted, P, base):
+        link, pow2, exp, snap = self.arrays
+        n, pos, code, self.last_ts = decode.walk_pcapng(
+            buf, pos, end, self.swapped, link, pow2, exp, snap, len(self.links), MAX_CAPLEN,
+            self.last_ts, P, base)
+        return n, pos, code
+
+    def scan(self, buf, start, limit, final):
+        return boundary.scan_record_boundary(buf, start, self.framing, final, limit)
+
+    def verdict(self, buf, pos, final):
+        return boundary.chain_verdict(buf, pos, self.framing, final)
+
+    def synced(self, buf, pos) -> None:
+        pass  # a Section Header Block found by a resync is parsed when the walk meets it
+
+    def describe(self, buf, pos) -> str:
+        return boundary.describe_damage(buf, pos, self.framing)
+
+    def parse_block(self, code, buf, pos, end, base) -> int | None:
+        """Parse the SHB / IDB at ``pos`` (file offset ``base + pos``): its length, ``None``
+        when more bytes are needed, -1 when corrupt."""
+        if code == decode.CODE_SHB:
+            consumed = self._parse_shb(buf, pos, end)
+        else:
+            consumed = self._parse_idb(buf, pos, base)
+        if consumed is not None and consumed > 0:
+            self._refresh()
+        return consumed
+
+    def _parse_shb(self, buf: np.ndarray, pos: int, end: int) -> int | None:
         """Parse a Section Header Block at ``pos``: byte order, resets interfaces.
 
         Returns its length, ``None`` when more bytes are needed, ``-1`` when corrupt.
@@ -246,14 +444,13 @@ class CaptureReader:
             return -1
         if end - pos < blen:
             return None
-        state["swapped"] = swapped
-        for key in ("links", "pow2", "exp", "snap"):
-            state[key] = []
+        self.swapped = swapped
+        self.links, self.pow2, self.exp, self.snap = [], [], [], []
         return blen
 
-    def _parse_idb(self, buf: np.ndarray, pos: int, state: dict) -> int:
+    def _parse_idb(self, buf: np.ndarray, pos: int, base: int) -> int:
         """Parse an Interface Description Block (already length-checked by the kernel)."""
-        order = ">" if state["swapped"] else "<"
+        order = ">" if self.swapped else "<"
         block = bytes(buf[pos:pos + struct.unpack(order + "I", bytes(buf[pos + 4:pos + 8]))[0]])
         blen = len(block)
         linktype, _reserved, snaplen = struct.unpack(order + "HHI", block[8:16]) if blen >= 20 \
@@ -268,14 +465,14 @@ class CaptureReader:
                 value = block[off + 4]
                 pow2, exponent = bool(value & 0x80), value & 0x7F
             off += 4 + ((length + 3) & ~3)
-        state["links"].append(linktype)
-        state["pow2"].append(pow2)
-        state["exp"].append(exponent)
-        state["snap"].append(snaplen)
-        self.info.link_types.add(linktype)
+        self.links.append(linktype)
+        self.pow2.append(pow2)
+        self.exp.append(exponent)
+        self.snap.append(snaplen)
+        self.reader.info.link_types.add(linktype)
         if linktype not in decode.SUPPORTED_LINK_TYPES:
-            self._error(pos, f"unsupported link type {linktype} on interface "
-                             f"{len(state['links']) - 1}: packets counted, not decoded", False)
+            self.reader._error(base + pos, f"unsupported link type {linktype} on interface "
+                                    f"{len(self.links) - 1}: packets counted, not decoded", False)
         return blen
 
 
