@@ -6,6 +6,8 @@ Usage::
                                 [--epochs 1] [--threads 2] [--json out.json]
     python bench/bench_a2gnn.py --quality WAREHOUSE --labels labels.csv
                                 [--variant '{"calibration": "in_sample"}' ...] [--json out.json]
+    python bench/bench_a2gnn.py --anchor-search [--anchor-flows 1000000] [--anchors 200000]
+                                [--anchor-train-flows 50000] [--exact-flows N] [--json out.json]
 
 Quality mode trains ``train_a2gnn`` on 2026-01-01 + 2026-01-02 of ``WAREHOUSE`` (flows,
 atoms, graph_edges) once per variant (``A2GNNConfig`` overrides on top of the defaults,
@@ -20,6 +22,16 @@ Training runs the real loop (:func:`models.a2gnn_training.train_model`, default
 config); scoring is what a Spark scoring task does per bucket: eval-mode embedding by
 atom batches plus the exact nearest-anchor search against every training atom's anchor.
 Numbers are wall-clock on the named device, after one warm-up batch.
+
+Anchor-search mode (``--anchor-search``; also part of ``make bench``) times the exact
+nearest-anchor search against the faiss IVF-Flat index (``models.anchor_index``) on the
+same embeddings: a model trained one epoch on ``--anchor-train-flows`` generated flows
+embeds a generated training night of about 4.5 x ``--anchors`` flows (its atoms' means
+are the anchors) and a generated night of ``--anchor-flows`` flows (the flows scored).
+Index time includes building it. Reported: flows/s of each, their ratio, the share of
+flows given the same anchor and the largest relative distance difference, with the
+exact search run on the first ``--exact-flows`` flows (all by default; the exact cost
+is linear in flows, so a prefix times it at a fraction of the wait).
 """
 from __future__ import annotations
 
@@ -36,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.a2gnn_training import A2GNNConfig, AtomGraph, atom_anchors, embed, nearest_anchor, train_model  # noqa: E402
+from models.anchor_index import ivf_parameters, uses_index  # noqa: E402
 from pipeline.detectors.features import FEATURE_COLUMNS  # noqa: E402
 
 log = logging.getLogger("bench_a2gnn")
@@ -70,9 +83,10 @@ def bench(num_flows: int, device: str, epochs: int) -> dict:
     z = embed(model, test, config, torch.device(device))
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    nearest_anchor(z, anchors)
+    nearest_anchor(z, anchors, search=config.anchor_search)
     search_seconds = time.perf_counter() - started
     return {
+        "anchor_search": "index" if uses_index(config.anchor_search, anchors.shape[0]) else "exact",
         "flows": train.num_flows,
         "atoms": train.num_atoms,
         "edges": int(train.edge_index.shape[1]),
@@ -86,6 +100,64 @@ def bench(num_flows: int, device: str, epochs: int) -> dict:
         "score_anchor_search_seconds": search_seconds,
         "score_flows_per_second": test.num_flows / (embed_seconds + search_seconds),
     }
+
+
+FLOWS_PER_ATOM = 4.5
+"""Mean flows per atom of :func:`generated_graph` (sizes 1-8, a few 30-60)."""
+
+
+def bench_anchor_search(num_flows: int, num_anchors: int, train_flows: int, exact_flows: int | None,
+                        device: str) -> dict:
+    """Exact vs indexed nearest-anchor search on the same model embeddings (module doc)."""
+    config = A2GNNConfig(epochs=1, device=device)
+    model, _ = train_model(generated_graph(train_flows, seed=1), config, torch.device(device))
+    training_night = generated_graph(round(num_anchors * FLOWS_PER_ATOM), seed=4)
+    anchors = atom_anchors(embed(model, training_night, config, torch.device(device)), training_night.atom)
+    z = embed(model, generated_graph(num_flows, seed=2), config, torch.device(device))
+    threads = torch.get_num_threads()
+    started = time.perf_counter()
+    indexed_distance, indexed = nearest_anchor(z, anchors, search="index", threads=threads)
+    index_seconds = time.perf_counter() - started
+    prefix = z[:exact_flows] if exact_flows else z
+    started = time.perf_counter()
+    exact_distance, exact = nearest_anchor(prefix, anchors, search="exact")
+    exact_seconds = time.perf_counter() - started
+    relative = (indexed_distance[:prefix.shape[0]] - exact_distance) / np.maximum(exact_distance, 1e-12)
+    parameters = ivf_parameters(anchors.shape[0])
+    return {
+        "flows": int(z.shape[0]), "anchors": int(anchors.shape[0]), "dim": int(z.shape[1]),
+        "device": device, "threads": threads, "lists": parameters.lists, "probes": parameters.probes,
+        "exact_flows": int(prefix.shape[0]),
+        "exact_flows_per_second": prefix.shape[0] / exact_seconds,
+        "index_seconds": index_seconds,
+        "index_flows_per_second": z.shape[0] / index_seconds,
+        "speedup": (z.shape[0] / index_seconds) / (prefix.shape[0] / exact_seconds),
+        "same_anchor_share": float((indexed[:prefix.shape[0]] == exact).mean()),
+        "max_relative_distance_difference": float(relative.max()),
+        "flows_farther_than_1e-6": int((relative > 1e-6).sum()),
+    }
+
+
+def write_anchor_section(results: list[dict]) -> None:
+    """The exact vs index table as '## A2GNN: exact vs indexed anchor search' of docs/benchmarks.md."""
+    from bench.benchlib import replace_section, stamp
+
+    rows = ["| flows (exact on) | anchors x dim | device, threads | lists, probes | exact flows/s | "
+            "index flows/s (with build) | speedup | same anchor | max relative distance difference |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        rows.append(
+            f"| {r['flows']:,} ({r['exact_flows']:,}) | {r['anchors']:,} x {r['dim']} | "
+            f"{r['device']}, {r['threads']} | {r['lists']:,}, {r['probes']:,} | {r['exact_flows_per_second']:,.0f} | "
+            f"{r['index_flows_per_second']:,.0f} | {r['speedup']:.1f}x | {100 * r['same_anchor_share']:.3f} % | "
+            f"{r['max_relative_distance_difference']:.2e} |")
+    replace_section("A2GNN: exact vs indexed anchor search", "\n".join([
+        stamp(), "",
+        "Command: `python bench/bench_a2gnn.py --anchor-search` (part of `make bench`; module doc). "
+        "Same embeddings, same run, same threads; the exact search runs on the first flows "
+        "(in brackets), the index on all of them, its build included. Relative distance "
+        "difference = (indexed - exact) / exact per flow; negative when the exact float32 "
+        "arg-min picked a near tie. Parameters: `models/anchor_index.py`.", "", *rows]))
 
 
 QUALITY_VARIANTS = {
@@ -150,17 +222,19 @@ def write_section(results: list[dict]) -> None:
     from bench.benchlib import replace_section, stamp
 
     rows = ["| flows | atoms (= anchors) | edges | device, threads | train s/epoch | embed s | "
-            "anchor search s | scoring flows/s |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
+            "anchor search | anchor search s | scoring flows/s |", "|---:|---:|---:|---|---:|---:|---|---:|---:|"]
     for r in results:
         rows.append(
             f"| {r['flows']:,} | {r['atoms']:,} | {r['edges']:,} | {r['device']}, {r['threads']} | "
-            f"{r['train_seconds_per_epoch']:.1f} | {r['score_embed_seconds']:.1f} | "
+            f"{r['train_seconds_per_epoch']:.1f} | {r['score_embed_seconds']:.1f} | {r['anchor_search']} | "
             f"{r['score_anchor_search_seconds']:.1f} | {r['score_flows_per_second']:,.0f} |")
     replace_section("A2GNN: latest make bench run", "\n".join([
         stamp(), "",
         "Command: `python bench/bench_a2gnn.py` (part of `make bench`; generated nights, default "
-        "`A2GNNConfig`, one training epoch; scoring = atom-batched embedding + exact nearest-anchor "
-        "search against every training atom's anchor). Analysis in '## A2GNN'.", "", *rows]))
+        "`A2GNNConfig`, one training epoch; scoring = atom-batched embedding + nearest-anchor "
+        "search against every training atom's anchor as `anchor_search = auto` does it: exact below "
+        "32,768 anchors, the IVF-Flat index from there, its build included). Analysis in '## A2GNN'.",
+        "", *rows]))
 
 
 def main() -> None:
@@ -174,6 +248,13 @@ def main() -> None:
     parser.add_argument("--labels", default="../shared/data/labels.csv", help="labels CSV (quality mode)")
     parser.add_argument("--variant", action="append", help="JSON A2GNNConfig overrides (quality mode)")
     parser.add_argument("--artifacts", default="/tmp/a2gnn-quality", help="artifact folder (quality mode)")
+    parser.add_argument("--anchor-search", action="store_true", help="time exact vs indexed anchor search")
+    parser.add_argument("--anchor-flows", type=int, default=1_000_000, help="flows searched (anchor-search mode)")
+    parser.add_argument("--anchors", type=int, default=200_000, help="about this many anchors (anchor-search mode)")
+    parser.add_argument("--anchor-train-flows", type=int, default=50_000,
+                        help="flows the embedding model trains on (anchor-search mode)")
+    parser.add_argument("--exact-flows", type=int, default=0,
+                        help="exact search on the first N flows only (anchor-search mode; 0: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
@@ -181,6 +262,11 @@ def main() -> None:
     if args.quality:
         variants = {v: json.loads(v) for v in args.variant} if args.variant else QUALITY_VARIANTS
         results = quality(args.quality, args.labels, variants, args.artifacts)
+    elif args.anchor_search:
+        results = [bench_anchor_search(args.anchor_flows, args.anchors, args.anchor_train_flows,
+                                       args.exact_flows or None, args.device)]
+        if not args.json:
+            write_anchor_section(results)
     else:
         results = []
         for flows in args.flows or [100_000, 1_000_000]:

@@ -16,6 +16,7 @@ BENCHMARKS = (  # (script, arguments)
     ("bench_ingest.py", []),
     ("bench_graph.py", ["generated"]),
     ("bench_a2gnn.py", []),
+    ("bench_a2gnn.py", ["--anchor-search"]),
     ("bench_rearview.py", []),
     ("bench_detect.py", ["--shared-data", "{shared_data}"]),
 )

@@ -7,7 +7,7 @@ was already complete.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 WEIGHTS_FILE = "weights.safetensors"
 ANCHORS_FILE = "anchors.safetensors"
@@ -41,6 +41,12 @@ class A2GNNConfig:
     members say so (``models.a2gnn_training.ensemble_scores``). 1 = the authors' single
     model, the default: 3 members gave the same mean dev F1 over three seeds (0.672) with
     half the benign alarms, at 3x the cost (docs/benchmarks.md, '## A2GNN').
+    ``anchor_search``: how a flow's nearest anchor is found, ``exact`` (every anchor),
+    ``index`` (a faiss IVF-Flat index, ``models.anchor_index``: the same anchor for
+    >= 99.9 % of flows, the others slightly farther) or ``auto`` (the index from
+    ``models.anchor_index.EXACT_BELOW_ANCHORS`` anchors on). Added after versions
+    existed: at ``auto`` it stays out of the model version, and an artifact trained before
+    it keeps ``exact`` (:data:`LEGACY_VALUES`), so its pinned rescoring is unchanged.
     """
 
     hidden: int = 64
@@ -71,14 +77,22 @@ class A2GNNConfig:
     anchor_scale: str = "radius"
     structure: str = "atom_shift"
     ensemble_size: int = 1
+    anchor_search: str = field(default="auto", metadata={"added_later": "auto"})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "A2GNNConfig":
+        """The config an artifact was trained with. Fields it predates take the value
+        that reproduces how it was scored then (``LEGACY_VALUES``): a pinned rescoring of
+        an old version gives identical rows."""
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{**LEGACY_VALUES, **known})
+
+
+LEGACY_VALUES = {"anchor_search": "exact"}
+"""Behaviour of artifacts whose ``config.json`` predates a field (they searched every anchor)."""
 
 
 MEMBER_SEED_STRIDE = 1_000_003

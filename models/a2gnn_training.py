@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch_geometric.utils import dropout_edge, mask_feature
 
 from models.a2gnn import A2GNN
+from models.anchor_index import ANCHOR_SEARCHES, candidate_anchors, uses_index
 from models.a2gnn_config import (  # noqa: F401 (re-exported)
     ANCHORS_FILE, WEIGHTS_FILE, A2GNNConfig, member_dir, member_seed,
 )
@@ -311,27 +312,52 @@ NEAREST_ANCHOR_BLOCK_BYTES = 256 * 2**20
 """Memory of one block of squared distances in :func:`nearest_anchor` (rows x anchors x 4 B)."""
 
 
-@torch.no_grad()
 def nearest_anchor(
     embeddings: np.ndarray, anchors: np.ndarray, chunk: int | None = None,
     exclude: np.ndarray | None = None, block_bytes: int = NEAREST_ANCHOR_BLOCK_BYTES,
+    search: str = "exact", threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(distance [N] float64, index [N] int64)`` of each embedding's nearest anchor.
 
     ``exclude [N]`` (optional): an anchor index per row that row may not use (its own
     atom, for out-of-sample training scores); needs at least two anchors.
 
-    The arg-min comes from the matrix form ``|z|^2 + |a|^2 - 2 z.a`` (one GEMM per
-    chunk of ``chunk`` rows, memory ``chunk x A``); the returned distance is then
-    recomputed exactly as ``||z - a_idx||_2`` in float64. ``chunk`` defaults to the rows
+    ``search`` (``models.anchor_index.ANCHOR_SEARCHES``): ``exact`` (below), ``index``
+    (a faiss IVF-Flat index proposes the anchor: the nearest it finds, or with
+    ``exclude`` the nearer allowed one of the two it finds; a row left without an
+    allowed candidate is searched exactly; see ``models.anchor_index`` for parameters
+    and measured agreement) or ``auto`` (the index from
+    ``models.anchor_index.EXACT_BELOW_ANCHORS`` anchors on). ``threads``: faiss's
+    OpenMP threads (None: torch's intra-op thread count).
+
+    Exact: the arg-min comes from the matrix form ``|z|^2 + |a|^2 - 2 z.a`` (one GEMM
+    per chunk of ``chunk`` rows, memory ``chunk x A``). ``chunk`` defaults to the rows
     that fit ``block_bytes`` (256 MiB) at this number of anchors, so memory
     stays bounded however many training atoms there are (a fixed 8,192 rows against
-    219k anchors reached 15.6 GB).
+    219k anchors reached 15.6 GB). Either way the returned distance is then recomputed
+    exactly as ``||z - a_idx||_2`` in float64.
     """
     if anchors.shape[0] == 0:
         raise ValueError("no anchors: the model was trained on zero atoms")
     if exclude is not None and anchors.shape[0] < 2:
         raise ValueError("cannot exclude a row's own anchor when there is only one anchor")
+    if uses_index(search, anchors.shape[0]):
+        index = _indexed_nearest(embeddings, anchors, exclude, torch.get_num_threads() if threads is None else threads)
+        missing = np.flatnonzero(index < 0)
+        if missing.size:
+            index[missing] = _exact_nearest(embeddings[missing], anchors, chunk,
+                                            None if exclude is None else exclude[missing], block_bytes)
+    else:
+        index = _exact_nearest(embeddings, anchors, chunk, exclude, block_bytes)
+    difference = np.asarray(embeddings, dtype=np.float64) - anchors[index].astype(np.float64)
+    return np.sqrt((difference * difference).sum(axis=1)), index
+
+
+@torch.no_grad()
+def _exact_nearest(
+    embeddings: np.ndarray, anchors: np.ndarray, chunk: int | None, exclude: np.ndarray | None, block_bytes: int,
+) -> np.ndarray:
+    """``[N]`` arg-min over every anchor, blocked GEMM (see :func:`nearest_anchor`)."""
     if chunk is None:
         chunk = max(1, block_bytes // (4 * anchors.shape[0]))
     anchor_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
@@ -346,8 +372,17 @@ def nearest_anchor(
             rows = torch.arange(squared.shape[0])
             squared[rows, torch.from_numpy(exclude[start:start + chunk])] = float("inf")
         index[start:start + chunk] = squared.argmin(dim=1).numpy()
-    difference = np.asarray(embeddings, dtype=np.float64) - anchors[index].astype(np.float64)
-    return np.sqrt((difference * difference).sum(axis=1)), index
+    return index
+
+
+def _indexed_nearest(embeddings: np.ndarray, anchors: np.ndarray, exclude: np.ndarray | None,
+                     threads: int) -> np.ndarray:
+    """``[N]`` the index's nearest allowed candidate per row, -1 where it found none."""
+    candidates = candidate_anchors(embeddings, anchors, 1 if exclude is None else 2, threads)
+    if exclude is not None:
+        candidates[candidates == np.asarray(exclude, dtype=np.int64)[:, None]] = -1
+    first = (candidates >= 0).argmax(axis=1)
+    return candidates[np.arange(candidates.shape[0]), first]
 
 
 CALIBRATIONS = ("in_sample", "own_atom_out", "holdout_atoms")
@@ -361,6 +396,8 @@ def check_detector_config(config: A2GNNConfig) -> None:
                            ("structure", STRUCTURES)):
         if getattr(config, field) not in allowed:
             raise ValueError(f"A2GNNConfig.{field}={getattr(config, field)!r} is not one of {allowed}")
+    if config.anchor_search not in ANCHOR_SEARCHES:
+        raise ValueError(f"A2GNNConfig.anchor_search={config.anchor_search!r} is not one of {ANCHOR_SEARCHES}")
     if not 0.0 <= config.holdout_fraction < 1.0:
         raise ValueError(f"A2GNNConfig.holdout_fraction must lie in [0, 1), got {config.holdout_fraction}")
     if config.ensemble_size < 1:
@@ -391,18 +428,19 @@ def anchor_scales(radii: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def atom_shift(
     embeddings: np.ndarray, atom: np.ndarray, anchors: np.ndarray, scale: np.ndarray,
-    exclude_own: bool = False,
+    exclude_own: bool = False, search: str = "exact",
 ) -> np.ndarray:
     """Atom-level statistic ``[A_local]``: ``sqrt(n) * d(mean embedding) / scale[nearest]``.
 
     ``atom [N]`` contiguous local ids ``0..A_local-1``; ``scale [A]`` per anchor (ones for
     unscaled). ``exclude_own``: local atom ``k`` is training anchor ``k`` and may not use
-    it (out-of-sample statistic for the training atoms themselves).
+    it (out-of-sample statistic for the training atoms themselves). ``search``: as in
+    :func:`nearest_anchor`.
     """
     means = atom_anchors(embeddings, atom)
     sizes = np.bincount(atom, minlength=means.shape[0]).astype(np.float64)
     exclude = np.arange(means.shape[0]) if exclude_own else None
-    distance, index = nearest_anchor(means, anchors, exclude=exclude)
+    distance, index = nearest_anchor(means, anchors, exclude=exclude, search=search)
     return np.sqrt(sizes) * distance / scale[index]
 
 
@@ -443,14 +481,15 @@ def detector_scores(
     nearest anchor, "index" [N] that anchor, "flow" [N] flow statistic, "atom" [A_local]
     atom statistic (zeros with ``structure="none"``), "score" [N] (only when the
     thresholds are in ``detector``)}``. ``exclude_own``: local atom ``k`` is anchor ``k``
-    and neither term may use it.
+    and neither term may use it. Both terms search anchors as ``config.anchor_search`` says.
     """
     anchors = detector["anchors"]
     scale = detector["scale"] if config.anchor_scale == "radius" else np.ones(anchors.shape[0])
-    distance, index = nearest_anchor(embeddings, anchors, exclude=atom if exclude_own else None)
+    distance, index = nearest_anchor(embeddings, anchors, exclude=atom if exclude_own else None,
+                                     search=config.anchor_search)
     flow = distance / scale[index]
     num_atoms = int(atom.max()) + 1 if atom.size else 0
-    shift = atom_shift(embeddings, atom, anchors, scale, exclude_own) if (
+    shift = atom_shift(embeddings, atom, anchors, scale, exclude_own, config.anchor_search) if (
         config.structure == "atom_shift" and atom.size) else np.zeros(num_atoms)
     out = {"distance": distance, "index": index, "flow": flow, "atom": shift}
     if "flow_threshold" in detector:
