@@ -14,7 +14,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 BENCHMARKS = (  # (script, arguments)
     ("bench_ingest.py", []),
-    ("bench_graph.py", ["generated"]),
+    ("bench_graph.py", ["generated", "--caps", "0", "100000"]),
     ("bench_a2gnn.py", []),
     ("bench_a2gnn.py", ["--anchor-search"]),
     ("bench_rearview.py", []),

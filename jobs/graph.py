@@ -152,8 +152,9 @@ class PartitionTask(TrainingWindowTask):
         spark = self.spark()
         vertices = warehouse.read_partition(spark, self.warehouse_path, "graph_vertices", date=self.day)
         edges = warehouse.read_partition(spark, self.warehouse_path, "graph_edges", date=self.day)
+        flows = warehouse.read_partition(spark, self.warehouse_path, "flows", date=self.day)  # times, for slices
         self.progress(10, f"Leiden partitioning of {self.day}")
-        atoms = partition_flows(spark, vertices, edges, dataclass_of(partition()))
+        atoms = partition_flows(spark, vertices, edges, dataclass_of(partition()), flows)
         path = warehouse.write_spark_partition(atoms, self.warehouse_path, "atoms", build=self.build(),
                                                date=self.day)
         written = warehouse.read_partition(spark, self.warehouse_path, "atoms", date=self.day).agg(

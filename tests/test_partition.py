@@ -205,3 +205,100 @@ def test_more_leiden_tasks_for_a_bigger_night_change_no_atom(spark):
         spark, vertices, edge_df, PartitionConfig(leiden_buckets=1, flows_per_leiden_task=3)).toPandas()
     key = ["flow_id"]
     assert default.sort_values(key).reset_index(drop=True).equals(spread.sort_values(key).reset_index(drop=True))
+
+
+# ------------------------------------------------------------------ time slices (max_leiden_flows)
+def test_time_slices_cut_a_component_into_consecutive_runs_of_at_most_the_cap():
+    times = np.array([50, 10, 10, 40, np.nan, 20, 30, 60, 70, 80], dtype=np.float64)
+    ids = np.array(["j", "b", "a", "i", "c", "e", "f", "g", "h", "d"], dtype=object)
+    slices = partition.time_slices(times, ids, 4)
+    # order by (time, id), unknown time last: a b e f i j g h d c; k = ceil(10 / 4) = 3
+    assert dict(zip(ids, slices.tolist())) == {
+        "a": 0, "b": 0, "e": 0, "f": 0, "i": 1, "j": 1, "g": 1, "h": 2, "d": 2, "c": 2,
+    }
+    assert partition.time_slices(times, ids, 10).tolist() == [-1] * 10
+    assert partition.time_slices(times, ids, 0).tolist() == [-1] * 10
+
+
+def test_the_slices_of_a_cut_component_never_exceed_the_cap_and_differ_by_at_most_one_flow():
+    rng = np.random.default_rng(5)
+    for n, cap in [(101, 100), (1000, 7), (999, 333), (5, 2)]:
+        sizes = np.bincount(partition.time_slices(rng.integers(0, 50, n).astype(float), np.arange(n), cap))
+        assert sizes.max() <= cap and sizes.max() - sizes.min() <= 1 and sizes.sum() == n
+
+
+def test_a_slice_without_internal_edges_is_one_atom_per_flow():
+    flows = np.array(["a", "b", "c", "d"], dtype=object)
+    edges = pd.DataFrame({"a": ["a", "b"], "b": ["c", "d"], "weight": [1.0, 1.0]})  # both cross the cut
+    atoms = partition.atoms_of_component(
+        flows, edges, PartitionConfig(max_leiden_flows=2), first_seen_ms=np.array([1, 2, 3, 4]),
+    ).set_index("flow_id")
+    assert atoms["atom_id"].to_dict() == {f: f"atom:{f}" for f in "abcd"}
+    assert set(atoms["component_id"]) == {"component:a"}
+    with pytest.raises(ValueError, match="first_seen_ms"):
+        partition.atoms_of_component(flows, edges, PartitionConfig(max_leiden_flows=2))
+
+
+def _sliced_night(spark, shuffle=False):
+    """One 40-flow component: four planted 10-flow blocks in time order, chained by weak
+    edges, plus a strong edge from block 1 to block 2 (across the cut at a cap of 20)."""
+    edges, _ = _planted(blocks=4, size=10, seed=6)
+    edges.append((15, 25, 5.0))
+    vertices, edge_df = _graph_tables(spark, 40, edges)
+    flows = spark.createDataFrame([(_name(i), 1_000 * (i // 10) + i) for i in range(40)],
+                                  "flow_id string, first_seen_ms long")
+    if shuffle:
+        vertices = vertices.orderBy("id", ascending=False)
+        edge_df = spark.createDataFrame(edge_df.toPandas().sample(frac=1.0, random_state=3), EDGE_COLUMNS)
+    return edges, vertices, edge_df, flows
+
+
+@pytest.mark.parametrize("tasks", [{"leiden_buckets": 1}, {"leiden_buckets": 1, "flows_per_leiden_task": 1}])
+def test_a_component_above_the_cap_is_partitioned_per_time_slice_without_the_edges_across(spark, tasks):
+    edges, vertices, edge_df, flows = _sliced_night(spark)
+    config = PartitionConfig(max_leiden_flows=20, **tasks)
+    atoms = partition.partition_flows(spark, vertices, edge_df, config, flows).toPandas()
+    assert list(atoms.columns) == ATOMS.names
+    # expected: each slice (flows 0-19, 20-39) alone, its own edges only, whole-graph scaling
+    total = sum(w for _, _, w in edges)
+    expected = []
+    for part in (range(0, 20), range(20, 40)):
+        inside = pd.DataFrame([(_name(a), _name(b), w) for a, b, w in edges if a in part and b in part],
+                              columns=["a", "b", "weight"])
+        expected.append(partition.atoms_of_component(
+            np.array([_name(i) for i in part], dtype=object), inside, PartitionConfig(), total))
+    expected = pd.concat(expected).assign(component_id=f"component:{_name(0)}")
+    key = ["flow_id"]
+    assert atoms.sort_values(key).reset_index(drop=True).equals(expected.sort_values(key).reset_index(drop=True))
+    assert atoms.set_index("flow_id").loc[_name(15), "atom_id"] != atoms.set_index("flow_id").loc[_name(25), "atom_id"]
+
+
+def test_cut_atoms_have_the_same_ids_whatever_the_row_order(spark):
+    _, vertices, edge_df, flows = _sliced_night(spark)
+    _, shuffled_vertices, shuffled_edges, _ = _sliced_night(spark, shuffle=True)
+    config = PartitionConfig(max_leiden_flows=20)
+    first = partition.partition_flows(spark, vertices, edge_df, config, flows).toPandas()
+    second = partition.partition_flows(spark, shuffled_vertices, shuffled_edges, config, flows).toPandas()
+    key = ["flow_id"]
+    assert first.sort_values(key).reset_index(drop=True).equals(second.sort_values(key).reset_index(drop=True))
+
+
+def test_below_the_cap_the_atoms_are_those_without_a_cap_and_no_times_are_read(spark):
+    _, vertices, edge_df, flows = _sliced_night(spark)
+    uncapped = partition.partition_flows(spark, vertices, edge_df, PartitionConfig(max_leiden_flows=0)).toPandas()
+    key = ["flow_id"]
+    for config in (PartitionConfig(), PartitionConfig(max_leiden_flows=40)):
+        capped = partition.partition_flows(spark, vertices, edge_df, config).toPandas()  # no flows_df needed
+        assert capped.sort_values(key).reset_index(drop=True).equals(uncapped.sort_values(key).reset_index(drop=True))
+    with pytest.raises(ValueError, match="max_leiden_flows"):
+        partition.partition_flows(spark, vertices, edge_df, PartitionConfig(max_leiden_flows=39))
+
+
+def test_the_default_cap_leaves_existing_model_versions_unchanged():
+    import dataclasses
+
+    from jobs.config import config_as_dict
+
+    assert "max_leiden_flows" not in config_as_dict(PartitionConfig())["PartitionConfig"]
+    assert config_as_dict(dataclasses.replace(PartitionConfig(), max_leiden_flows=20))["PartitionConfig"][
+        "max_leiden_flows"] == 20

@@ -38,11 +38,20 @@ total weight m_c, ``RBConfigurationVertexPartition`` with resolution ``gamma x m
 not the answer. ``objective_scope="component"`` treats each component as its own graph
 (``ModularityVertexPartition`` / RB configuration with ``resolution``).
 
-Components of at most ``tiny_component_size`` flows become one atom each without Leiden;
-components above ``giant_component_size`` still run Leiden in one task (logged; see
-docs/graph.md for the measured cost). Atom ids are ``atom:<smallest flow_id in the atom>``
-and component ids ``component:<smallest flow_id>``: content-derived, so the same input and
-seed give the same ids.
+Components of at most ``tiny_component_size`` flows become one atom each without Leiden.
+A component of more than ``max_leiden_flows`` flows is cut into time slices
+(``time_slices``): its flows ordered by ``(first_seen_ms, flow_id)`` and split into
+``k = ceil(n / max_leiden_flows)`` consecutive runs of ``n / k`` flows (sizes differ by at most
+one, none above the cap). Edges between two slices are dropped, and each slice is a Leiden
+unit of its own, hashed into the tasks like a component, so the largest Leiden call and a
+task's memory are bounded and a giant component's slices run in parallel. A slice keeps the
+whole-graph scaling (resolution ``gamma x m_s / m``, m_s its internal weight). Time, because
+every semantic edge is local in time (relay 1 s, similarity 10 s, fan-in 1 s): a cut loses
+those only at its boundaries, plus the co-membership edges of groups whose flows straddle
+it. Atom ids are
+``atom:<smallest flow_id in the atom>`` and component ids ``component:<smallest flow_id>``
+(of the whole component, sliced or not): content-derived, so the same input and seed give
+the same ids. Measured cost and effect: docs/graph.md.
 """
 from __future__ import annotations
 
@@ -60,6 +69,12 @@ log = logging.getLogger(__name__)
 GROUP_KEY_PREFIX = "~"
 """Prefix of group vertices (quiet hosts, host pairs) in the compact flow graph: ``~`` sorts
 after the digits and letters of flow ids, so a component's smallest id is a flow's."""
+MAX_LEIDEN_FLOWS = 0
+"""Default cap on the flows of one Leiden call: 0, never cut (docs/graph.md, 'Time slices').
+A cap changes the atoms of every component it cuts (adjusted Rand index 0.04 against the
+uncut atoms on a generated 1M-flow night) and no labelled night has a component near
+100,000 flows, so its effect on detection is unmeasured; until it is, bounding the
+partition is the operator's explicit choice (``[partition] max_leiden_flows``)."""
 QUALITIES = ("modularity", "rb_configuration")
 SCOPES = ("graph", "component")
 
@@ -76,6 +91,9 @@ class PartitionConfig:
     objective_scope: ``graph`` (whole-graph objective, sharding-invariant) or ``component``.
     tiny_component_size: components with at most this many flows are one atom, no Leiden.
     giant_component_size: above this a component is logged as giant (still partitioned).
+    max_leiden_flows: a component with more flows is cut into time slices of at most this
+        many flows, each partitioned by Leiden on its own (``time_slices``; 0: never cut).
+        Needs the flows' ``first_seen_ms`` (``partition_flows(..., flows_df)``).
     max_projection_host_degree: hosts with more flows add no co-membership edges.
     max_projection_pair_flows: host pairs with more flows add no conversation edges.
     engine: connected-components engine (``auto`` | ``graphframes`` | ``dataframes`` |
@@ -96,6 +114,9 @@ class PartitionConfig:
     objective_scope: str = "graph"
     tiny_component_size: int = 2
     giant_component_size: int = 200_000
+    # added after versions existed: their nights had no component above it, so their atoms
+    # are the ones this default gives (jobs.config.config_as_dict leaves it out at this value)
+    max_leiden_flows: int = field(default=MAX_LEIDEN_FLOWS, metadata={"added_later": MAX_LEIDEN_FLOWS})
     max_projection_host_degree: int = 32
     max_projection_pair_flows: int = 128
     engine: str = "auto"
@@ -110,6 +131,8 @@ class PartitionConfig:
             raise ValueError(f"objective_scope {self.objective_scope!r} is not one of {SCOPES}")
         if self.resolution <= 0:
             raise ValueError(f"resolution must be > 0, got {self.resolution}")
+        if self.max_leiden_flows < 0:
+            raise ValueError(f"max_leiden_flows must be >= 0 (0: never cut), got {self.max_leiden_flows}")
 
 
 # --------------------------------------------------------------------------- pure Leiden
@@ -190,6 +213,27 @@ def sum_parallel_edges(a: np.ndarray, b: np.ndarray, w: np.ndarray, n_vertices: 
     return unique // n_vertices, unique % n_vertices, summed
 
 
+def time_slices(first_seen_ms: np.ndarray, flow_ids: np.ndarray, max_flows: int) -> np.ndarray:
+    """Time slice of each flow of one component: ``[n]`` int64, -1 when it is not cut.
+
+    ``first_seen_ms``: ``[n]`` start times (NaN: unknown, ordered after every known time);
+    ``flow_ids``: ``[n]``. A component of ``n > max_flows > 0`` flows, ordered by
+    ``(first_seen_ms, flow_id)``, is cut into ``k = ceil(n / max_flows)`` consecutive slices:
+    the flow of rank r gets slice ``floor(r k / n)``, so slice sizes differ by at most one and
+    none exceeds ``max_flows``. Deterministic: depends only on the times and ids.
+    """
+    n = len(flow_ids)
+    if max_flows <= 0 or n <= max_flows:
+        return np.full(n, -1, np.int64)
+    times = np.asarray(first_seen_ms, dtype=np.float64)
+    times = np.where(np.isnan(times), np.inf, times)
+    order = np.lexsort((np.asarray(flow_ids).astype(str), times))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    slices = -(-n // max_flows)
+    return rank * slices // n
+
+
 def atoms_of_components(
     flow_ids: np.ndarray,
     component_of: np.ndarray,
@@ -198,50 +242,78 @@ def atoms_of_components(
     weights: np.ndarray,
     config: PartitionConfig,
     total_weight: float | None = None,
+    slice_of: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Atoms of several whole components at once (one Spark task's share).
+    """Atoms of several components at once (one Spark task's share).
 
     ``flow_ids``: ``[n]`` every flow of the components; ``component_of``: ``[n]`` the
     component label of each flow; ``sources``/``targets``: ``[m]`` indices into
     ``flow_ids`` of the flow graph's edges (parallel edges are summed), ``weights``:
-    ``[m]``. Returns the ATOMS columns for these flows.
+    ``[m]``; ``slice_of``: ``[n]`` the time slice of each flow in its component
+    (``time_slices``; -1 or None: the component is here whole). A component cut into
+    slices may bring only some of them, so its label must be its smallest flow id (the
+    engines' label), which names it. Returns the ATOMS columns for these flows.
 
-    Within a component the vertices are ordered by flow id and the edges by ``(a, b)``,
-    so the atoms depend only on the component's content and the seed, not on which other
-    components share the task. Components of at most ``tiny_component_size`` flows, or
-    without edges, are one atom each (no Leiden call).
+    Leiden runs once per unit, a whole component or one slice of it. Within a unit the
+    vertices are ordered by flow id and the edges by ``(a, b)``, so the atoms depend only on
+    the unit's content and the seed, not on which other units share the task. Edges
+    between two slices of a component are dropped. A whole component of at most
+    ``tiny_component_size`` flows, or without edges, is one atom (no Leiden call); a slice
+    without internal edges is one atom per flow (its flows are linked only through other
+    slices).
     """
     flow_ids = np.asarray(flow_ids, dtype=object)
     component_of = np.asarray(component_of, dtype=object)
     n = len(flow_ids)
-    order = np.lexsort((flow_ids.astype(str), component_of.astype(str)))
+    slice_of = np.full(n, -1, np.int64) if slice_of is None else np.asarray(slice_of, np.int64)
+    order = np.lexsort((flow_ids.astype(str), slice_of, component_of.astype(str)))
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    flow_ids, component_of = flow_ids[order], component_of[order]
+    flow_ids, component_of, slice_of = flow_ids[order], component_of[order], slice_of[order]
     sources, targets = np.asarray(sources, np.int64), np.asarray(targets, np.int64)
     if len(sources) and (min(sources.min(), targets.min()) < 0 or max(sources.max(), targets.max()) >= n):
         raise ValueError("an edge names a flow that is not among flow_ids")
     a, b, w = sum_parallel_edges(rank[sources], rank[targets], weights, max(n, 1))
 
-    starts = np.flatnonzero(np.r_[True, component_of[1:] != component_of[:-1]]) if n else np.zeros(0, np.int64)
+    new_component = np.ones(n, bool)
+    new_component[1:] = component_of[1:] != component_of[:-1]
+    new_unit = new_component.copy()
+    new_unit[1:] |= slice_of[1:] != slice_of[:-1]
+    component_index = np.cumsum(new_component) - 1
+    unit_index = np.cumsum(new_unit) - 1
+    if np.any(component_index[a] != component_index[b]):
+        raise ValueError("an edge joins flows of two different components")
+    inside = unit_index[a] == unit_index[b]  # edges across time slices are dropped
+    a, b, w = a[inside], b[inside], w[inside]
+
+    starts = np.flatnonzero(new_unit)
     ends = np.r_[starts[1:], n]
-    component_index = np.repeat(np.arange(len(starts)), ends - starts)
-    edge_bounds = np.searchsorted(a, np.r_[starts, n])  # edges sorted by a: a component's edges are contiguous
+    edge_bounds = np.searchsorted(a, np.r_[starts, n])  # edges sorted by a: a unit's edges are contiguous
     community = np.zeros(n, np.int64)
     next_community = 0
-    for c, (start, end) in enumerate(zip(starts, ends)):
+    for u, (start, end) in enumerate(zip(starts, ends)):
         size = end - start
-        lo, hi = edge_bounds[c], edge_bounds[c + 1]
-        if size <= config.tiny_component_size or hi == lo:
+        lo, hi = edge_bounds[u], edge_bounds[u + 1]
+        whole = slice_of[start] < 0
+        if not whole and hi == lo:
+            community[start:end] = next_community + np.arange(size)
+            next_community += size
+            continue
+        if whole and (size <= config.tiny_component_size or hi == lo):
             community[start:end] = next_community
             next_community += 1
             continue
-        if size > config.giant_component_size:
+        if whole and size > config.giant_component_size:
             log.warning("giant component: %d flows, %d edges, partitioned in one task", size, hi - lo)
         local = leiden_membership(size, a[lo:hi] - start, b[lo:hi] - start, w[lo:hi], config, total_weight)
         community[start:end] = next_community + local
         next_community += int(local.max()) + 1
-    return _atom_table(flow_ids, community, starts, component_index, a, b, w)
+    names = flow_ids.astype(str)
+    # a whole component starts at its smallest flow id; a task may hold only some slices of a
+    # cut component, whose label is then its name (the engines' label: its smallest flow id)
+    component_names = np.where(slice_of < 0, names[np.flatnonzero(new_component)][component_index],
+                               component_of.astype(str))
+    return _atom_table(names, community, component_names, a, b, w)
 
 
 def atoms_of_component(
@@ -249,25 +321,35 @@ def atoms_of_component(
     edges: pd.DataFrame,
     config: PartitionConfig,
     total_weight: float | None = None,
+    first_seen_ms: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Atoms of one component: ``flow_ids`` (all its flows) and ``edges`` (a, b, weight
-    with flow ids). Returns the ATOMS columns for these flows."""
+    with flow ids); ``first_seen_ms`` ``[n]`` the flows' start times, needed when the
+    component has more than ``config.max_leiden_flows`` flows (``time_slices``). Returns
+    the ATOMS columns for these flows."""
     flow_ids = np.asarray(flow_ids, dtype=object)
     index = pd.Index(flow_ids)
+    slices = None
+    if config.max_leiden_flows and len(flow_ids) > config.max_leiden_flows:
+        if first_seen_ms is None:
+            raise ValueError(f"a component of {len(flow_ids)} flows is above max_leiden_flows = "
+                             f"{config.max_leiden_flows}: pass first_seen_ms to cut it into time slices")
+        slices = time_slices(first_seen_ms, flow_ids, config.max_leiden_flows)
     return atoms_of_components(
         flow_ids,
-        np.zeros(len(flow_ids), dtype=object),
+        np.full(len(flow_ids), min(flow_ids.astype(str), default=""), dtype=object),
         index.get_indexer(edges["a"]),
         index.get_indexer(edges["b"]),
         edges["weight"].to_numpy(np.float64),
         config,
         total_weight,
+        slices,
     )
 
 
-def _atom_table(flow_ids, community, starts, component_index, a, b, w) -> pd.DataFrame:
-    """ATOMS rows; flows sorted by (component, flow id), so a community's first flow is its
-    smallest flow id (communities never span components)."""
+def _atom_table(names, community, component_names, a, b, w) -> pd.DataFrame:
+    """ATOMS rows; flows sorted by (component, slice, flow id), so a community's first flow
+    is its smallest flow id (communities never span units)."""
     n_communities = int(community.max()) + 1 if len(community) else 0
     _, first = np.unique(community, return_index=True)
     size = np.bincount(community, minlength=n_communities).astype(np.int64)
@@ -276,12 +358,11 @@ def _atom_table(flow_ids, community, starts, component_index, a, b, w) -> pd.Dat
     weight_in = np.bincount(community[a][internal], weights=w[internal], minlength=n_communities)
     pairs = size * (size - 1) / 2.0
     density = np.where(size > 1, edges_in / np.where(pairs > 0, pairs, 1.0), 0.0)
-    names = flow_ids.astype(str)
     return pd.DataFrame(
         {
             "flow_id": names,
             "atom_id": "atom:" + pd.Series(names[first][community], dtype=object),
-            "component_id": "component:" + pd.Series(names[starts][component_index], dtype=object),
+            "component_id": "component:" + pd.Series(component_names, dtype=object),
             "atom_size": size[community],
             "atom_internal_edges": edges_in[community],
             "atom_density": density[community].astype(np.float64),
@@ -353,16 +434,20 @@ def project_flow_graph(edges_df, config: PartitionConfig):
     return semantic.unionByName(cliques).groupBy("a", "b").agg(F.sum("weight").alias("weight"))
 
 
-def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
+def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig, flows_df=None):
     """Atoms of every flow vertex: Spark DataFrame with exactly the ATOMS columns.
 
-    ``vertices_df``/``edges_df``: the graph of ``pipeline.graph.build.build_graph``.
+    ``vertices_df``/``edges_df``: the graph of ``pipeline.graph.build.build_graph``;
+    ``flows_df``: the night's flows (``flow_id``, ``first_seen_ms``), read only when a
+    component has more than ``config.max_leiden_flows`` flows (an error then if absent).
 
     Steps: the compact flow graph (``flow_graph_parts``); weakly connected components of
     flows joined by semantic edges and group memberships (a star per group has the same
     components as its clique, with ``d`` edges instead of ``d (d - 1) / 2``); components
-    hashed into ``leiden_buckets`` (or more, see ``flows_per_leiden_task``) ``applyInPandas`` tasks, each of which expands its
-    components' cliques in numpy and runs ``atoms_of_components``.
+    above ``max_leiden_flows`` cut into time slices (``time_slices``, one pandas task per
+    such component); components and slices hashed into ``leiden_buckets`` (or more, see
+    ``flows_per_leiden_task``) ``applyInPandas`` tasks, each of which expands its units'
+    cliques in numpy and runs ``atoms_of_components``.
     """
     from pyspark.sql import functions as F
 
@@ -393,22 +478,25 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
     component_of = flows.join(labels.withColumnRenamed("id", "flow"), "flow").select(
         "flow", "component"
     ).localCheckpoint(eager=True)
-    sizes = component_of.groupBy("component").count().agg(F.max("count"), F.count("*"), F.sum("count")).first()
+    component_sizes = component_of.groupBy("component").count().localCheckpoint(eager=True)
+    sizes = component_sizes.agg(F.max("count"), F.count("*"), F.sum("count")).first()
     buckets = max(config.leiden_buckets, -(-int(sizes[2] or 0) // max(1, config.flows_per_leiden_task)))
     log.info(
         "flow graph: %d components, largest %s flows, total weight %.1f; %d Leiden tasks",
         sizes[1], sizes[0], total_weight, buckets,
     )
+    component_of = _with_time_slices(component_of, component_sizes, int(sizes[0] or 0), flows_df, config)
 
     node_rows = component_of.select(
-        "component", F.lit("flow").alias("kind"), F.col("flow").alias("a"),
+        "component", "slice", F.lit("flow").alias("kind"), F.col("flow").alias("a"),
         F.lit(None).cast("string").alias("b"), F.lit(None).cast("double").alias("weight"),
     )
     edge_rows = semantic.join(component_of.withColumnRenamed("flow", "a"), "a").select(
-        "component", F.lit("edge").alias("kind"), "a", "b", "weight"
+        "component", "slice", F.lit("edge").alias("kind"), "a", "b", "weight"
     )
     member_rows = members.join(component_of, "flow").select(
-        "component", F.lit("member").alias("kind"), F.col("flow").alias("a"), F.col("key").alias("b"), "weight"
+        "component", "slice", F.lit("member").alias("kind"), F.col("flow").alias("a"), F.col("key").alias("b"),
+        "weight",
     )
     out_schema = spark_schema("atoms")
 
@@ -417,26 +505,65 @@ def partition_flows(spark, vertices_df, edges_df, config: PartitionConfig):
             return pd.DataFrame({f.name: [] for f in out_schema.fields})
         nodes = rows[rows["kind"] == "flow"]
         flow_index = pd.Index(nodes["a"].to_numpy(dtype=object))
+        slice_of = nodes["slice"].to_numpy(np.int64)
         edges = rows[rows["kind"] == "edge"]
+        edge_a, edge_b = flow_index.get_indexer(edges["a"]), flow_index.get_indexer(edges["b"])
+        # a sliced component's other slices may be in other tasks: edges to them are cut
+        kept = (edge_b >= 0) | (slice_of[edge_a] < 0)
         group_rows = rows[rows["kind"] == "member"]
+        # a group's clique is expanded within each slice (a group never spans components)
+        group_slice = group_rows["slice"].to_numpy(np.int64)
+        group = pd.factorize(group_rows["b"])[0] * (int(group_slice.max(initial=-1)) + 2) + group_slice + 1
         i, j, w = clique_pairs(
-            pd.factorize(group_rows["b"])[0], flow_index.get_indexer(group_rows["a"]),
-            group_rows["weight"].to_numpy(np.float64),
+            group, flow_index.get_indexer(group_rows["a"]), group_rows["weight"].to_numpy(np.float64),
         )
         return atoms_of_components(
             flow_index.to_numpy(),
             nodes["component"].to_numpy(dtype=object),
-            np.r_[flow_index.get_indexer(edges["a"]), i],
-            np.r_[flow_index.get_indexer(edges["b"]), j],
-            np.r_[edges["weight"].to_numpy(np.float64), w],
+            np.r_[edge_a[kept], i],
+            np.r_[edge_b[kept], j],
+            np.r_[edges["weight"].to_numpy(np.float64)[kept], w],
             config,
             total_weight,
+            slice_of,
         )
 
     return (
         node_rows.unionByName(edge_rows)
         .unionByName(member_rows)
-        .withColumn("bucket", F.pmod(F.xxhash64("component"), F.lit(buckets)))
+        .withColumn("bucket", F.pmod(F.xxhash64("component", "slice"), F.lit(buckets)))
         .groupBy("bucket")
         .applyInPandas(lambda rows: partition_bucket(rows.drop(columns="bucket")), schema=out_schema)
     )
+
+
+def _with_time_slices(component_of, component_sizes, largest: int, flows_df, config: PartitionConfig):
+    """``component_of`` ``[flow, component]`` plus ``slice`` (``time_slices``; -1 for a
+    component of at most ``max_leiden_flows`` flows, so nothing is read when none is bigger)."""
+    from pyspark.sql import functions as F
+
+    cap = config.max_leiden_flows
+    if not cap or largest <= cap:
+        return component_of.withColumn("slice", F.lit(-1).cast("long"))
+    if flows_df is None:
+        raise ValueError(f"a flow-graph component has {largest} flows, above max_leiden_flows = {cap}: "
+                         "pass the night's flows (flow_id, first_seen_ms) to partition_flows to cut it "
+                         "into time slices, or set [partition] max_leiden_flows = 0")
+    big = component_sizes.where(F.col("count") > cap).select("component", "count")
+    for row in big.orderBy(F.desc("count")).limit(20).collect():
+        log.info("component %s: %d flows cut into %d time slices of <= %d flows",
+                 row["component"], row["count"], -(-row["count"] // cap), cap)
+    times = flows_df.select(F.col("flow_id").alias("flow"), F.col("first_seen_ms").cast("double"))
+
+    def slice_component(rows: pd.DataFrame) -> pd.DataFrame:
+        flow_ids = rows["flow"].to_numpy(dtype=object)
+        return pd.DataFrame({"flow": flow_ids,
+                             "slice": time_slices(rows["first_seen_ms"].to_numpy(np.float64), flow_ids, cap)})
+
+    sliced = (
+        component_of.join(F.broadcast(big.select("component")), "component")
+        .join(times, "flow", "left")
+        .groupBy("component")
+        .applyInPandas(slice_component, schema="flow string, slice long")
+    )
+    return component_of.join(sliced, "flow", "left").fillna(-1, ["slice"]).localCheckpoint(eager=True)
