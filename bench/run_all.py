@@ -17,6 +17,7 @@ BENCHMARKS = (  # (script, arguments)
     ("bench_graph.py", ["generated", "--caps", "0", "100000"]),
     ("bench_a2gnn.py", []),
     ("bench_a2gnn.py", ["--anchor-search"]),
+    ("bench_split.py", []),
     ("bench_rearview.py", []),
     ("bench_detect.py", ["--shared-data", "{shared_data}"]),
 )

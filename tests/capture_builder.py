@@ -108,24 +108,43 @@ def _block(order: str, block_type: int, body: bytes) -> bytes:
     return struct.pack(order + "II", block_type, length) + body + struct.pack(order + "I", length)
 
 
+def pcapng_shb(big_endian: bool = False) -> bytes:
+    """A Section Header Block (no options, section length unknown)."""
+    order = ">" if big_endian else "<"
+    return _block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+
+def pcapng_idb(linktype: int, exponent: int, big_endian: bool = False) -> bytes:
+    """An Interface Description Block with ``if_tsresol`` = 10^-``exponent`` s."""
+    order = ">" if big_endian else "<"
+    options = struct.pack(order + "HHB", 9, 1, exponent) + b"\x00" * 3
+    options += struct.pack(order + "HH", 0, 0)
+    return _block(order, 1, struct.pack(order + "HHI", linktype, 0, 0) + options)
+
+
+def pcapng_epb(iface: int, ts: float, frame: bytes, exponent: int = 6, big_endian: bool = False) -> bytes:
+    """An Enhanced Packet Block on interface ``iface`` (whose resolution is 10^-``exponent``)."""
+    order = ">" if big_endian else "<"
+    micros = round(ts * 1_000_000)
+    units = micros * 10 ** (exponent - 6) if exponent >= 6 else micros // 10 ** (6 - exponent)
+    body = struct.pack(order + "IIIII", iface, units >> 32, units & 0xFFFFFFFF, len(frame),
+                       len(frame)) + frame
+    return _block(order, 6, body)
+
+
+def pcapng_spb(frame: bytes, big_endian: bool = False) -> bytes:
+    """A Simple Packet Block (interface 0, no timestamp)."""
+    order = ">" if big_endian else "<"
+    return _block(order, 3, struct.pack(order + "I", len(frame)) + frame)
+
+
 def pcapng_bytes(interfaces: list[tuple[int, int]], records: list[tuple[int, float, bytes]],
                  big_endian: bool = False) -> bytes:
     """pcapng: SHB, one IDB per ``(linktype, tsresol exponent of 10)``, one EPB per
     ``(interface, timestamp_s, frame)``."""
-    order = ">" if big_endian else "<"
-    shb = _block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
-    out = [shb]
-    for linktype, exponent in interfaces:
-        options = struct.pack(order + "HHB", 9, 1, exponent) + b"\x00" * 3
-        options += struct.pack(order + "HH", 0, 0)
-        out.append(_block(order, 1, struct.pack(order + "HHI", linktype, 0, 0) + options))
-    for iface, ts, frame in records:
-        exponent = interfaces[iface][1]
-        micros = round(ts * 1_000_000)
-        units = micros * 10 ** (exponent - 6) if exponent >= 6 else micros // 10 ** (6 - exponent)
-        body = struct.pack(order + "IIIII", iface, units >> 32, units & 0xFFFFFFFF, len(frame),
-                           len(frame)) + frame
-        out.append(_block(order, 6, body))
+    out = [pcapng_shb(big_endian)]
+    out += [pcapng_idb(linktype, exponent, big_endian) for linktype, exponent in interfaces]
+    out += [pcapng_epb(iface, ts, frame, interfaces[iface][1], big_endian) for iface, ts, frame in records]
     return b"".join(out)
 
 

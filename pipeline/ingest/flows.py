@@ -4,12 +4,18 @@ Three steps, each usable alone:
 
 1. ``FlowAssembler`` (per file, streaming): a numba kernel walks packets in file order
    and keeps one open flow per canonical key (5-tuple + VLAN) in fixed-width state
-   arrays. A flow ends on the idle timeout (next packet of the key, or a periodic scan),
-   the active timeout, or after TCP RST / FIN in both directions once a new SYN arrives
-   (trailing ACKs and retransmitted RSTs stay in the closed flow). Flows still open at
-   the end of the file are emitted with reason ``end_of_capture`` and can be merged with
-   the next file's flow of the same key. State is aggregates only (counts, Welford
-   means/M2, min/max, first/last times, first N sizes), never packets.
+   arrays. A flow ends on the idle timeout, the active timeout, or after TCP RST / FIN
+   in both directions once a new SYN arrives (trailing ACKs and retransmitted RSTs stay
+   in the closed flow). Idle is measured against the latest packet time read so far
+   (so timestamps that go back do not reopen an idle flow), and an idle flow ends with
+   reason ``rst`` / ``fin`` when TCP closed it, else ``idle``, whether its key's next
+   packet or a periodic scan finds it: flows do not depend on where read chunks or
+   packet batches end. Flows still open at the end of the file (and not idle then) are
+   emitted with reason ``end_of_capture`` and can be merged with the next file's flow
+   of the same key. State is aggregates only (counts, Welford means/M2, min/max,
+   first/last times, first N sizes), never packets; a byte range of a file
+   (``pipeline.ingest.split``) also keeps the packets of its first flows, which may
+   continue flows open before the range, for the driver to replay.
 2. ``merge_partials`` (per key, across the files of a night): joins a flow left open at
    a file's end with the key's next flow when it starts within the idle timeout and the
    merged flow would not exceed the active timeout.
@@ -25,7 +31,7 @@ import hashlib
 import ipaddress
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -47,14 +53,18 @@ class FlowConfig:
     chunk_bytes: bytes read per I/O call (bounds memory with the largest record).
     batch_rows: packets decoded per kernel call.
     max_open_fragments: IP fragment keys remembered to give later fragments their ports.
+    split_bytes: uncompressed captures larger than this are read as equal byte ranges of
+        at most this size by parallel tasks (``pipeline.ingest.split``); 0 = one task per
+        file. The tables do not depend on it (nor on ``chunk_bytes`` / ``batch_rows``).
     """
 
     idle_timeout_s: float = 120.0
     active_timeout_s: float = 1800.0
     splt_length: int = schema.SPLT_LENGTH
-    chunk_bytes: int = 4 << 20
-    batch_rows: int = 1 << 16
+    chunk_bytes: int = field(default=4 << 20, metadata={"execution_only": True})
+    batch_rows: int = field(default=1 << 16, metadata={"execution_only": True})
     max_open_fragments: int = 1 << 16
+    split_bytes: int = field(default=256 << 20, metadata={"execution_only": True})
 
 
 # ------------------------------------------------------------------ state layout
@@ -85,6 +95,11 @@ _FLAG_BITS = np.array([0x02, 0x80, 0x40, 0x20, 0x10, 0x08, 0x04, 0x01], dtype=np
 """TCP header bits in ``schema.TCP_FLAGS`` order (syn, cwr, ece, urg, ack, psh, rst, fin)."""
 
 FRAG_KEY_TYPE = types.UniTuple(types.int64, 6)
+NO_CLOCK = -(1 << 62)
+"""``runmax`` before any packet (µs)."""
+UNSET_HORIZON, NO_RECORD = -1, -2
+"""``horizon`` values: set it at the first packet / no tentative flows (see ``assemble``)."""
+REC_COLUMNS = 4
 
 
 # ------------------------------------------------------------------ numba kernels
@@ -161,6 +176,19 @@ def _remove(HK, HV, HN, key):
 
 
 @njit(cache=True)
+def _insert_keys(I, slots, HK, HV, HN):
+    """Index the flows in ``slots`` by their canonical keys; the first slot whose key is
+    already there, else -1."""
+    for slot in slots:
+        key = _canonical_key(I[slot, 0], I[slot, 1], I[slot, 2], I[slot, 3], I[slot, 4],
+                             I[slot, 5], I[slot, 6], I[slot, 7])
+        if _find(HK, HV, key) >= 0:
+            return slot
+        _insert(HK, HV, HN, key, slot)
+    return -1
+
+
+@njit(cache=True)
 def rehash(HK, HV, NK, NV):
     """Move every entry of (HK, HV) into the empty, larger (NK, NV)."""
     dummy = np.zeros(1, dtype=np.int64)
@@ -171,11 +199,12 @@ def rehash(HK, HV, NK, NV):
 
 
 @njit(cache=True)
-def _emit(slot, reason, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free, n_free):
+def _emit(slot, reason, I, F, S, T, OI, OF, OS, OT, n_out, HK, HV, HN, free, n_free):
     I[slot, I_REASON] = reason
     OI[n_out] = I[slot]
     OF[n_out] = F[slot]
     OS[n_out] = S[slot]
+    OT[n_out] = T[slot]
     key = _canonical_key(I[slot, 0], I[slot, 1], I[slot, 2], I[slot, 3], I[slot, 4],
                          I[slot, 5], I[slot, 6], I[slot, 7])
     _remove(HK, HV, HN, key)
@@ -226,22 +255,58 @@ def _update_dir(I, F, S, slot, d, ts, size, flags, flag_bits):
                 I[slot, ib + O_FLAGS + f] += 1
 
 
+@njit(inline="always")
+def _idle_reason(end):
+    """Why a flow silent for the idle timeout ended: TCP closed by RST / FIN both ways, or idle."""
+    if end & END_RST:
+        return R_RST
+    if (end & 3) == 3:
+        return R_FIN
+    return R_IDLE
+
+
 @njit(cache=True)
-def assemble(P, n, idle_us, active_us, splt_len, HK, HV, HN, frags, max_frags,
-             I, F, S, free, n_free, OI, OF, OS, flag_bits):
+def assemble(P, n, idle_us, active_us, splt_len, HK, HV, HN, frags, max_frags, orphans, clock,
+             RM, resolve, I, F, S, T, free, n_free, OI, OF, OS, OT, REC, flag_bits):
     """Feed packets ``P[:n]`` (file order) into the open-flow table ``(HK, HV, HN)``.
 
     The table (open addressing: keys ``HK[cap, 8]``, values ``HV[cap]``, -1 = empty,
-    ``HN[0]`` = entries; the caller keeps it at most half full) maps canonical key -> slot (rows of I/F/S); ``free[:n_free]`` are
-    unused slots (the caller guarantees ``n_free >= n``). Ended flows are copied to
-    ``OI/OF/OS`` (at most one per packet). ``frags`` maps (src, dst, proto, ip id) of a
-    first fragment to its ports. Returns ``(n_out, n_free)``.
+    ``HN[0]`` = entries; the caller keeps it at most half full) maps canonical key -> slot
+    (rows of I/F/S/T); ``free[:n_free]`` are unused slots (the caller guarantees
+    ``n_free >= n``). Ended flows are copied to ``OI/OF/OS/OT`` (at most one per packet).
+
+    ``clock``: int64 ``[runmax, horizon, first_fragments, slack]``. ``runmax`` is the latest
+    timestamp of the flow packets so far (µs): a flow ends idle when ``runmax`` is an idle
+    timeout past its last packet, whatever order the timestamps come in, so the result does
+    not depend on where batches end. ``RM`` (replay, ``len(RM) >= n``): per-packet
+    ``runmax`` recorded by the task that read the packets (empty: kept here).
+
+    ``horizon`` (``NO_RECORD``: off) is for byte-range tasks, whose packets may continue
+    flows open before the range: a flow that starts while ``runmax < horizon``
+    (``UNSET_HORIZON``: set at the first packet, ``runmax + idle + slack``) is *tentative*
+    (``T``), as are the flows a tentative one is cut into by the active timeout or a SYN
+    after a close; a flow that starts later, after an idle gap or with a new key, is
+    settled. Packets of tentative flows are listed in ``REC``
+    (row, resolved ports, runmax) for the driver to replay onto the flows open before the
+    range. ``frags`` maps (src, dst, proto, ip id) of a first fragment to its ports
+    (``resolve``: look them up); later fragments with no entry go to ``orphans``.
+    Returns ``(n_out, n_free, n_rec)``.
     """
     n_out = 0
+    n_rec = 0
+    rm = clock[0]
+    horizon = clock[1]
+    replay = RM.shape[0] > 0
     for i in range(n):
         if P[i, D.STATUS] != D.OK:
             continue
         ts = P[i, D.TS]
+        if replay:
+            rm = max(rm, RM[i])
+        elif ts > rm:
+            rm = ts
+        if horizon == UNSET_HORIZON:
+            horizon = rm + idle_us + clock[3]
         s0 = P[i, D.S0]
         s1 = P[i, D.S1]
         d0 = P[i, D.D0]
@@ -251,37 +316,44 @@ def assemble(P, n, idle_us, active_us, splt_len, HK, HV, HN, frags, max_frags,
         proto = P[i, D.PROTO]
         vlan = P[i, D.VLAN]
         frag = P[i, D.FRAG]
-        if frag != D.NOT_FRAGMENT:
+        if frag != D.NOT_FRAGMENT and resolve:
             fkey = (s0, s1, d0, d1, proto, P[i, D.IPID])
             if frag == D.FIRST_FRAGMENT:
                 if len(frags) >= max_frags:
                     frags.clear()
                 frags[fkey] = (sp << 16) | dp
+                clock[2] += 1
             else:
                 if fkey in frags:
                     ports = frags[fkey]
                     sp = ports >> 16
                     dp = ports & 0xFFFF
+                elif len(orphans) < max_frags:
+                    orphans[fkey] = 1
         flags = P[i, D.FLAGS]
         key = _canonical_key(s0, s1, d0, d1, sp, dp, proto, vlan)
         pos = _find(HK, HV, key)
         slot = HV[pos] if pos >= 0 else np.int64(-1)
+        fresh = 1 if horizon != NO_RECORD and rm < horizon else 0  # a new flow here is tentative
+        tentative = fresh
         if slot >= 0:
-            if ts - I[slot, I_DIR_BASE + O_LAST] >= idle_us:
-                n_out, n_free = _emit(slot, R_IDLE, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free,
-                                      n_free)
+            tentative = T[slot]
+            if rm - I[slot, I_DIR_BASE + O_LAST] >= idle_us:
+                n_out, n_free = _emit(slot, _idle_reason(I[slot, I_END]), I, F, S, T, OI, OF, OS,
+                                      OT, n_out, HK, HV, HN, free, n_free)
                 slot = -1
+                tentative = fresh
             elif ts - I[slot, I_DIR_BASE + O_FIRST] >= active_us:
-                n_out, n_free = _emit(slot, R_ACTIVE, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free,
-                                      n_free)
+                n_out, n_free = _emit(slot, R_ACTIVE, I, F, S, T, OI, OF, OS, OT, n_out, HK, HV,
+                                      HN, free, n_free)
                 slot = -1
             else:
                 end = I[slot, I_END]
                 closed = (end & END_RST) or (end & 3) == 3
                 if closed and proto == 6 and (flags & 0x12) == 0x02:
                     reason = R_RST if end & END_RST else R_FIN
-                    n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, HK, HV, HN,
-                                          free, n_free)
+                    n_out, n_free = _emit(slot, reason, I, F, S, T, OI, OF, OS, OT, n_out, HK, HV,
+                                          HN, free, n_free)
                     slot = -1
         if slot < 0:
             n_free -= 1
@@ -299,7 +371,14 @@ def assemble(P, n, idle_us, active_us, splt_len, HK, HV, HN, frags, max_frags,
             I[slot, 8] = P[i, D.IPVER]
             I[slot, I_ICMPT] = P[i, D.ICMPTYPE]
             I[slot, I_ICMPC] = P[i, D.ICMPCODE]
+            T[slot] = tentative
             _insert(HK, HV, HN, key, slot)
+        if tentative:
+            REC[n_rec, 0] = i
+            REC[n_rec, 1] = sp
+            REC[n_rec, 2] = dp
+            REC[n_rec, 3] = rm
+            n_rec += 1
         forward = s0 == I[slot, 0] and s1 == I[slot, 1] and sp == I[slot, 4]
         if not forward and s0 == d0 and s1 == d1 and sp == dp:
             forward = True
@@ -317,11 +396,13 @@ def assemble(P, n, idle_us, active_us, splt_len, HK, HV, HN, frags, max_frags,
                 I[slot, I_END] |= END_RST
             if flags & 0x01:
                 I[slot, I_END] |= END_FIN_SRC if forward else END_FIN_DST
-    return n_out, n_free
+    clock[0] = rm
+    clock[1] = horizon
+    return n_out, n_free, n_rec
 
 
 @njit(cache=True)
-def expire(now_us, idle_us, everything, HK, HV, HN, I, F, S, free, n_free, OI, OF, OS):
+def expire(now_us, idle_us, everything, HK, HV, HN, I, F, S, T, free, n_free, OI, OF, OS, OT):
     """Emit flows idle since ``now_us - idle_us`` (or all, reason end_of_capture)."""
     slots = np.empty(HN[0], dtype=np.int64)
     m = 0
@@ -333,24 +414,29 @@ def expire(now_us, idle_us, everything, HK, HV, HN, I, F, S, free, n_free, OI, O
     n_out = 0
     for j in range(m):
         slot = slots[j]
-        end = I[slot, I_END]
-        if everything:
-            reason = R_EOC
-        elif end & END_RST:
-            reason = R_RST
-        elif (end & 3) == 3:
-            reason = R_FIN
-        else:
-            reason = R_IDLE
-        n_out, n_free = _emit(slot, reason, I, F, S, OI, OF, OS, n_out, HK, HV, HN, free, n_free)
+        reason = R_EOC if everything else _idle_reason(I[slot, I_END])
+        n_out, n_free = _emit(slot, reason, I, F, S, T, OI, OF, OS, OT, n_out, HK, HV, HN, free,
+                              n_free)
     return n_out, n_free
 
 
 # ------------------------------------------------------------------ per-file driver
 class FlowAssembler:
-    """Streaming flow state for one capture file; memory grows with open flows only."""
+    """Streaming flow state for one capture file, or one byte range of it; memory grows with
+    open flows only (plus, for a range, the packets of its tentative flows).
 
-    def __init__(self, config: FlowConfig = FlowConfig()):
+    ``record``: a byte range after a file's first (see ``assemble``; ``slack_us`` widens
+    its horizon): flows that may continue flows open before the range are tentative;
+    their packets are kept in
+    ``recorded`` (``[rows, decode.NCOL + 1]``: packet rows with resolved ports, then the
+    range's ``runmax``) and the flows themselves are dropped by ``take``. ``runmax_us``:
+    the latest packet time before the range, when known. ``fragments``: first-fragment
+    ports known before the range (``{(s0, s1, d0, d1, proto, ip_id): sport << 16 | dport}``).
+    """
+
+    def __init__(self, config: FlowConfig = FlowConfig(), record: bool = False,
+                 runmax_us: int | None = None, fragments: dict | None = None,
+                 slack_us: int = 0):
         self.config = config
         self.idle_us = int(config.idle_timeout_s * 1e6)
         self.active_us = int(config.active_timeout_s * 1e6)
@@ -358,15 +444,25 @@ class FlowAssembler:
         self.HV = np.full(1 << 12, -1, dtype=np.int64)
         self.HN = np.zeros(1, dtype=np.int64)
         self.frags = Dict.empty(key_type=FRAG_KEY_TYPE, value_type=types.int64)
+        for key, ports in (fragments or {}).items():
+            self.frags[tuple(int(k) for k in key)] = int(ports)
+        self.orphans = Dict.empty(key_type=FRAG_KEY_TYPE, value_type=types.int64)
+        self.clock = np.array([NO_CLOCK if runmax_us is None else int(runmax_us),
+                               UNSET_HORIZON if record else NO_RECORD, 0, int(slack_us)],
+                              dtype=np.int64)
         self._alloc(1024)
         self.last_scan_us = None
         self._scratch = None
-        self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.out: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.recorded: list[np.ndarray] = []
+        self.tentative_flows = 0
+        """Tentative flows dropped by ``take`` (the driver rebuilds them from ``recorded``)."""
 
     def _alloc(self, capacity: int) -> None:
         self.I = np.zeros((capacity, NI), dtype=np.int64)
         self.F = np.zeros((capacity, NF), dtype=np.float64)
         self.S = np.zeros((capacity, self.config.splt_length), dtype=np.int32)
+        self.T = np.zeros(capacity, dtype=np.int64)
         self.free = np.arange(capacity - 1, -1, -1, dtype=np.int64)
         self.n_free = capacity
 
@@ -376,6 +472,7 @@ class FlowAssembler:
         self.I = np.concatenate([self.I, np.zeros((new - old, NI), np.int64)])
         self.F = np.concatenate([self.F, np.zeros((new - old, NF), np.float64)])
         self.S = np.concatenate([self.S, np.zeros((new - old, self.S.shape[1]), np.int32)])
+        self.T = np.concatenate([self.T, np.zeros(new - old, np.int64)])
         free = np.empty(new, dtype=np.int64)
         free[: self.n_free] = self.free[: self.n_free]
         added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
@@ -383,19 +480,8 @@ class FlowAssembler:
         self.free = free
         self.n_free += len(added)
 
-    def _out_buffers(self, rows: int):
-        """Reused scratch rows for ended flows (copied out, so they are never retained)."""
-        if self._scratch is None or len(self._scratch[0]) < rows:
-            rows = max(rows, 1024)
-            self._scratch = (np.empty((rows, NI), np.int64), np.empty((rows, NF), np.float64),
-                             np.empty((rows, self.S.shape[1]), np.int32))
-        return self._scratch
-
-    def add(self, P: np.ndarray) -> None:
-        """Feed one packet matrix (``decode`` layout)."""
-        n = len(P)
-        if n == 0:
-            return
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` more flows: free slots and a hash table at most half full."""
         if self.n_free < n:
             self._grow(n - self.n_free)
         if 2 * (int(self.HN[0]) + n) > len(self.HV):
@@ -405,42 +491,125 @@ class FlowAssembler:
             NK, NV = np.zeros((cap, 8), dtype=np.int64), np.full(cap, -1, dtype=np.int64)
             rehash(self.HK, self.HV, NK, NV)
             self.HK, self.HV = NK, NV
-        OI, OF, OS = self._out_buffers(n)
-        n_out, self.n_free = assemble(
+
+    def _out_buffers(self, rows: int):
+        """Reused scratch rows for ended flows (copied out, so they are never retained)."""
+        if self._scratch is None or len(self._scratch[0]) < rows:
+            rows = max(rows, 1024)
+            self._scratch = (np.empty((rows, NI), np.int64), np.empty((rows, NF), np.float64),
+                             np.empty((rows, self.S.shape[1]), np.int32), np.empty(rows, np.int64),
+                             np.empty((rows, REC_COLUMNS), np.int64))
+        return self._scratch
+
+    def add(self, P: np.ndarray, RM: np.ndarray | None = None) -> None:
+        """Feed one packet matrix (``decode`` layout); ``RM``: per-row ``runmax`` when
+        replaying packets another task recorded (their ports are already resolved)."""
+        n = len(P)
+        if n == 0:
+            return
+        self._reserve(n)
+        OI, OF, OS, OT, REC = self._out_buffers(n)
+        n_out, self.n_free, n_rec = assemble(
             P, n, self.idle_us, self.active_us, self.config.splt_length, self.HK, self.HV, self.HN,
-            self.frags, self.config.max_open_fragments, self.I, self.F, self.S, self.free,
-            self.n_free, OI, OF, OS, _FLAG_BITS)
+            self.frags, self.config.max_open_fragments, self.orphans, self.clock,
+            _NO_RM if RM is None else RM, RM is None, self.I, self.F, self.S, self.T, self.free,
+            self.n_free, OI, OF, OS, OT, REC, _FLAG_BITS)
         if n_out:
-            self.out.append((OI[:n_out].copy(), OF[:n_out].copy(), OS[:n_out].copy()))
-        now = int(P[-1, D.TS])
-        if self.last_scan_us is None or now - self.last_scan_us >= self.idle_us // 4:
+            self.out.append((OI[:n_out].copy(), OF[:n_out].copy(), OS[:n_out].copy(), OT[:n_out].copy()))
+        if n_rec:
+            rows = P[REC[:n_rec, 0]]
+            rows[:, D.SPORT] = REC[:n_rec, 1]
+            rows[:, D.DPORT] = REC[:n_rec, 2]
+            self.recorded.append(np.column_stack([rows, REC[:n_rec, 3]]))
+        now = int(self.clock[0])
+        if now != NO_CLOCK and (self.last_scan_us is None or now - self.last_scan_us >= self.idle_us // 4):
             self._expire(now, everything=False)
             self.last_scan_us = now
 
     def _expire(self, now: int, everything: bool) -> None:
         if self.open_flows == 0:
             return
-        OI, OF, OS = self._out_buffers(self.open_flows)
+        OI, OF, OS, OT, _REC = self._out_buffers(self.open_flows)
         n_out, self.n_free = expire(now, self.idle_us, everything, self.HK, self.HV, self.HN,
-                                    self.I,
-                                    self.F, self.S, self.free, self.n_free, OI, OF, OS)
+                                    self.I, self.F, self.S, self.T, self.free, self.n_free,
+                                    OI, OF, OS, OT)
         if n_out:
-            self.out.append((OI[:n_out].copy(), OF[:n_out].copy(), OS[:n_out].copy()))
+            self.out.append((OI[:n_out].copy(), OF[:n_out].copy(), OS[:n_out].copy(), OT[:n_out].copy()))
+
+    def expire_idle(self, now_us: int | None = None) -> None:
+        """Emit the flows an idle timeout older than ``now_us`` (default: the latest packet
+        time; a later ``now_us`` also moves that clock on)."""
+        if now_us is not None:
+            self.clock[0] = max(int(self.clock[0]), int(now_us))
+        if int(self.clock[0]) != NO_CLOCK:
+            self._expire(int(self.clock[0]), everything=False)
 
     def finish(self) -> None:
-        """Emit every open flow with reason ``end_of_capture``."""
+        """Emit the flows idle at the latest packet time (reason ``idle`` / ``fin`` /
+        ``rst``), then every other open flow with reason ``end_of_capture``."""
+        self.expire_idle()
         self._expire(0, everything=True)
 
+    def detach_open(self, capture_file: str) -> pa.Table:
+        """End a byte range: flows idle at its latest packet are emitted (``take`` them as
+        usual); the settled flows still open leave as a partial table (reason
+        ``end_of_capture``) that :meth:`resume` continues; tentative ones are dropped."""
+        self.expire_idle()
+        pending, self.out = self.out, []
+        self._expire(0, everything=True)
+        opened = self.take(capture_file)
+        self.out = pending
+        return opened
+
+    def resume(self, states: pa.Table) -> None:
+        """Continue open flows (partial rows from :meth:`detach_open`) as if never closed."""
+        n = states.num_rows
+        if n == 0:
+            return
+        self._reserve(n)
+        ints = np.stack([states.column(c).to_numpy() for c in I_COLS], axis=1).astype(np.int64)
+        floats = np.stack([states.column(c).to_numpy() for c in F_COLS], axis=1).astype(np.float64)
+        slots = self.free[self.n_free - n:self.n_free][::-1].copy()
+        self.n_free -= n
+        self.I[slots] = ints
+        self.F[slots] = floats
+        self.T[slots] = 0
+        self.S[slots] = 0
+        splt = states.column("splt").combine_chunks()
+        lengths = np.diff(splt.offsets.to_numpy())
+        values = splt.values.to_numpy(zero_copy_only=False)
+        rows = np.repeat(slots, lengths)
+        cols = np.arange(len(values)) - np.repeat(splt.offsets.to_numpy()[:-1], lengths)
+        self.S[rows, cols] = values
+        clash = _insert_keys(self.I, slots, self.HK, self.HV, self.HN)
+        if clash >= 0:
+            raise ValueError(f"resume: a flow of key {tuple(self.I[clash, :8])} is already open")
+
     def take(self, capture_file: str) -> pa.Table:
-        """The flows emitted so far as a partial-flow Arrow table (and forget them)."""
+        """The settled flows emitted so far as a partial-flow Arrow table (and forget them)."""
         if not self.out:
             return partial_table(np.zeros((0, NI), np.int64), np.zeros((0, NF)),
                                  np.zeros((0, self.S.shape[1]), np.int32), capture_file)
         OI = np.concatenate([o[0] for o in self.out])
         OF = np.concatenate([o[1] for o in self.out])
         OS = np.concatenate([o[2] for o in self.out])
+        OT = np.concatenate([o[3] for o in self.out])
         self.out = []
+        settled = OT == 0
+        if not settled.all():
+            self.tentative_flows += int((~settled).sum())
+            OI, OF, OS = OI[settled], OF[settled], OS[settled]
         return partial_table(OI, OF, OS, capture_file)
+
+    @property
+    def runmax_us(self) -> int | None:
+        """Latest timestamp of the flow packets so far (µs), None before the first."""
+        return None if int(self.clock[0]) == NO_CLOCK else int(self.clock[0])
+
+    @property
+    def first_fragments(self) -> int:
+        """First fragments whose ports were remembered (each may clear the table once full)."""
+        return int(self.clock[2])
 
     @property
     def open_flows(self) -> int:
@@ -450,6 +619,9 @@ class FlowAssembler:
     def pending_flows(self) -> int:
         """Ended flows not yet taken."""
         return sum(len(o[0]) for o in self.out)
+
+
+_NO_RM = np.zeros(0, dtype=np.int64)
 
 
 # ------------------------------------------------------------------ partial flow table

@@ -31,7 +31,9 @@ NOT_FRAGMENT, FIRST_FRAGMENT, LATER_FRAGMENT = range(3)
 # kernel return codes: CODE_CORRUPT = the record header / block at the returned position
 # is implausible; CODE_UNCONFIRMED = the pcap record there is plausible but the header at
 # its end is not (its length or that header is damaged: the caller decides which)
-CODE_OK, CODE_CORRUPT, CODE_SHB, CODE_IDB, CODE_UNCONFIRMED = range(5)
+CODE_OK, CODE_CORRUPT, CODE_SHB, CODE_IDB, CODE_UNCONFIRMED, CODE_STOP = range(6)
+# CODE_STOP: the next record starts at or after ``stop`` (the end of a byte range)
+NO_STOP = 1 << 62
 
 SUPPORTED_LINK_TYPES = (0, 1, 12, 14, 101, 108, 113, 228, 229, 276)
 
@@ -251,18 +253,21 @@ def decode_packet(b, o, caplen, linktype, P, i):
 
 @njit(cache=True)
 def walk_pcap(b, pos, end, final, swapped, nano, linktype, caplen_limit, ts_lo, ts_hi, trusted,
-              P, base_offset):
+              P, base_offset, stop):
     """Classic pcap records in ``b[pos:end]``; ``base_offset`` = file offset of ``b[0]``.
 
     A record is taken when its header is plausible (``boundary.pcap_header_fault``) and
     so is the header at its end, or the data end there (``final``: the file's end; a
     header cut short there is left for the caller to report). The record at ``trusted``
-    (buffer index, -1 for none) is taken without looking at the header after it.
+    (buffer index, -1 for none) is taken without looking at the header after it. No
+    record starting at or after ``stop`` (buffer index) is taken (``CODE_STOP``).
     """
     n = 0
     rows = P.shape[0]
     checked = -1  # the header already found plausible (the previous record's look-ahead)
     while n < rows:
+        if pos >= stop:
+            return n, pos, CODE_STOP
         if end - pos < 16:
             break
         if pos != checked and pcap_header_fault(b, pos, swapped, nano, caplen_limit, ts_lo, ts_hi) != 0:
@@ -311,14 +316,20 @@ def _ts_to_us(ts, unit_is_pow2, exponent):
 
 @njit(cache=True)
 def walk_pcapng(b, pos, end, swapped, if_link, if_pow2, if_exp, if_snap, n_if,
-                caplen_limit, last_ts, P, base_offset):
-    """pcapng blocks in ``b[pos:end]``. Stops at SHB/IDB (code 2/3) for the caller to parse.
+                caplen_limit, last_ts, P, base_offset, stop, dating):
+    """pcapng blocks in ``b[pos:end]``. Stops at SHB/IDB (code 2/3) for the caller to parse,
+    and before a block starting at or after ``stop`` (buffer index; ``CODE_STOP``).
 
-    Returns ``(rows, next_pos, code, last_ts)``; ``last_ts`` dates Simple Packet Blocks.
+    Returns ``(rows, next_pos, code, last_ts)``; ``last_ts`` dates Simple Packet Blocks
+    (and packets of undescribed interfaces). ``dating``: int64 ``[dated, inherited]``:
+    ``dated`` is set by the first timestamped packet, ``inherited`` counts the packets
+    dated with the ``last_ts`` passed in before that (a byte range's inherited time).
     """
     n = 0
     rows = P.shape[0]
     while n < rows:
+        if pos >= stop:
+            return n, pos, CODE_STOP, last_ts
         if end - pos < 12:
             break
         btype = _u32(b, pos, swapped)
@@ -349,10 +360,13 @@ def walk_pcapng(b, pos, end, swapped, if_link, if_pow2, if_exp, if_snap, n_if,
                     P[n, c] = 0
                 P[n, STATUS] = CORRUPT_RECORD
                 P[n, TS] = last_ts
+                if dating[0] == 0:
+                    dating[1] += 1
             else:
                 decode_packet(b, pos + 28, caplen, if_link[iface], P, n)
                 last_ts = _ts_to_us(ts_raw, if_pow2[iface], if_exp[iface])
                 P[n, TS] = last_ts
+                dating[0] = 1
             P[n, OFFSET] = base_offset + pos
             n += 1
         elif btype == 3:  # simple packet block: interface 0, no timestamp
@@ -369,6 +383,8 @@ def walk_pcapng(b, pos, end, swapped, if_link, if_pow2, if_exp, if_snap, n_if,
                     caplen = min(caplen, if_snap[0])
                 decode_packet(b, pos + 12, caplen, if_link[0], P, n)
             P[n, TS] = last_ts
+            if dating[0] == 0:
+                dating[1] += 1
             P[n, OFFSET] = base_offset + pos
             n += 1
         pos += blen

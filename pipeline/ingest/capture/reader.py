@@ -13,6 +13,19 @@ after it are read. Reading stops early only where nothing more can be read: the 
 ends inside a record, the gzip stream is cut or corrupt, or no boundary follows the damage
 (a fatal error whose length is the rest of the data). Offsets and lengths are in the
 decompressed stream; a gzip error's reason also names the compressed byte.
+
+Byte ranges (``window``, uncompressed files only): a reader can own the records that
+*start* in ``[start, stop)`` of a file, so that tasks read one large file in parallel. It
+begins at ``window.entry`` when given (a :class:`ReadState`: the offset of a record and
+the framing state in force there), else it resynchronises silently from ``start`` to the
+first record boundary the framing confirms (``boundary``), with the state in force at the
+file's head (:func:`file_head`: a classic pcap's header and time-window anchor, a pcapng
+file's leading Section Header and Interface Description Blocks). It reads on past
+``stop`` to finish its last record (and a damaged stretch that starts before ``stop``) and
+ends at the first record at or after ``stop``: ``reader.exit`` is the state there, which
+the next range must have begun with (``reader.entry``) for the ranges to read exactly
+what one reader reads; ``pipeline.ingest.split`` checks that and rereads a range that
+began elsewhere.
 """
 from __future__ import annotations
 
@@ -70,6 +83,103 @@ class CaptureInfo:
         return sum(e.byte_length or 0 for e in self.errors)
 
 
+@dataclass(frozen=True)
+class PcapngSection:
+    """The pcapng section state in force at an offset: byte order and, per interface
+    described so far, link type, timestamp unit (``pow2``: 2^-exp, else 10^-exp s) and
+    snap length."""
+
+    swapped: bool = False
+    links: tuple[int, ...] = ()
+    pow2: tuple[bool, ...] = ()
+    exp: tuple[int, ...] = ()
+    snap: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"swapped": self.swapped, "links": list(self.links), "pow2": list(self.pow2),
+                "exp": list(self.exp), "snap": list(self.snap)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PcapngSection":
+        return cls(bool(d["swapped"]), tuple(d["links"]), tuple(bool(x) for x in d["pow2"]),
+                   tuple(d["exp"]), tuple(d["snap"]))
+
+    def after(self, events: list[list]) -> "PcapngSection":
+        """This section changed by parsed blocks (``_PcapngFrames.events``): an SHB starts a
+        new section, an IDB adds an interface."""
+        section = self
+        for event in events:
+            if event[0] == "shb":
+                section = PcapngSection(bool(event[1]))
+            else:
+                section = PcapngSection(section.swapped, section.links + (event[1],),
+                                        section.pow2 + (bool(event[2]),), section.exp + (event[3],),
+                                        section.snap + (event[4],))
+        return section
+
+
+@dataclass(frozen=True)
+class ReadState:
+    """Where a reader stands between records: ``offset`` (file offset of the next record
+    or block), ``checks_start`` (pcap: that record is checked like a file's first, against
+    the records after it), ``section`` (pcapng: the section in force), ``last_ts`` (pcapng:
+    the time given to undated packets, µs)."""
+
+    offset: int
+    checks_start: bool = False
+    section: PcapngSection | None = None
+    last_ts: int = 0
+
+    def as_dict(self) -> dict:
+        return {"offset": self.offset, "checks_start": self.checks_start, "last_ts": self.last_ts,
+                "section": None if self.section is None else self.section.as_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReadState":
+        return cls(int(d["offset"]), bool(d["checks_start"]),
+                   None if d["section"] is None else PcapngSection.from_dict(d["section"]),
+                   int(d["last_ts"]))
+
+
+@dataclass(frozen=True)
+class ReadWindow:
+    """Records starting in ``[start, stop)`` (file offsets; ``stop`` None: to the end),
+    read from ``entry`` when given, else from the first boundary at or after ``start``
+    (``start`` 0: the file's own start), found with the pcapng ``section`` given (default:
+    the head's in force there)."""
+
+    start: int
+    stop: int | None = None
+    entry: ReadState | None = None
+    section: PcapngSection | None = None
+
+
+@dataclass(frozen=True)
+class FileHead:
+    """What a byte range needs from the head of its file (:func:`file_head`).
+
+    ``file_format``: ``pcap`` / ``pcapng`` / None (not splittable: gzip, not a capture,
+    unreadable). pcap: ``framing`` (anchored on the first record, as a whole-file reader
+    anchors it) and ``linktype``. pcapng: ``sections``, the state after each leading
+    SHB / IDB as ``(block offset, section)``; ``head_end`` is the offset of the first other
+    block (the state there holds until a later SHB or IDB changes it).
+    """
+
+    file_format: str | None
+    framing: boundary.PcapFraming | None = None
+    linktype: int = 0
+    sections: tuple[tuple[int, PcapngSection], ...] = ()
+    head_end: int = 0
+
+    def section_at(self, offset: int) -> PcapngSection:
+        """The head's section state in force at ``offset`` (after the blocks before it)."""
+        state = PcapngSection()
+        for block, section in self.sections:
+            if block < offset:
+                state = section
+        return state
+
+
 class _Stream:
     """A read-only byte stream (raw or gunzipped) that turns I/O errors into a flag.
 
@@ -115,7 +225,7 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
                (stat.S_ISBLK, "a block device"))
 
 # reading modes of the refill loop
-_START, _IN_SYNC, _SEARCHING, _SUSPECT = range(4)
+_START, _IN_SYNC, _SEARCHING, _SUSPECT, _RESYNC = range(5)
 
 
 class CaptureReader:
@@ -124,13 +234,26 @@ class CaptureReader:
     ``chunk_bytes``: bytes read per I/O call; ``batch_rows``: rows per yielded matrix.
     """
 
-    def __init__(self, path: str | Path, chunk_bytes: int = 4 << 20, batch_rows: int = 1 << 16):
+    def __init__(self, path: str | Path, chunk_bytes: int = 4 << 20, batch_rows: int = 1 << 16,
+                 window: ReadWindow | None = None, head: FileHead | None = None):
         self.path = Path(path)
         self.chunk_bytes = max(int(chunk_bytes), 4096)
         self.batch_rows = int(batch_rows)
+        self.window = window
+        self.head = head
+        """Needed by a window that starts after the file's start (see :func:`file_head`)."""
         self.info = CaptureInfo()
         self.packets = 0
         """Packets yielded so far."""
+        self.entry: ReadState | None = None
+        """Window: the state reading began with (offset = end of data when it found none)."""
+        self.exit: ReadState | None = None
+        """Window: the state at the first record at or after ``stop`` (or the end of data)."""
+        self.inherited_time = False
+        """Window, pcapng: a packet was dated with the entry's ``last_ts``."""
+        self.section_events: list[list] = []
+        """pcapng: the SHB / IDB blocks parsed (``_PcapngFrames.events``)."""
+        self._probe = False
 
     # ------------------------------------------------------------------ helpers
     def _error(self, offset: int, reason: str, fatal: bool = True, length: int | None = None) -> None:
@@ -166,6 +289,9 @@ class CaptureReader:
 
     def batches(self) -> Iterator[np.ndarray]:
         """Yield ``[rows, decode.NCOL]`` int64 packet matrices (views valid until next)."""
+        if self.window is not None and (self.window.entry is not None or self.window.start > 0):
+            yield from self._window_batches()
+            return
         stream = self._open()
         if stream is None:
             return
@@ -180,6 +306,7 @@ class CaptureReader:
             if head == PCAPNG_MAGIC:
                 self.info.file_format = "pcapng"
                 # put the magic back in front: the SHB is parsed like any other block
+                self.entry = ReadState(0, section=PcapngSection())
                 yield from self._drive(_Prefixed(stream, head), 0, _PcapngFrames(self))
             elif head in PCAP_MAGICS:
                 self.info.file_format = "pcap"
@@ -201,22 +328,73 @@ class CaptureReader:
         self.info.link_types.add(linktype)
         if linktype not in decode.SUPPORTED_LINK_TYPES:
             self._error(24, f"unsupported link type {linktype}: packets counted, not decoded", False)
-        yield from self._drive(stream, 24, _PcapFrames(framing, linktype))
+        self.entry = ReadState(boundary.PCAP_FILE_HEADER, checks_start=True)
+        frames = _PcapFrames(framing, linktype)
+        frames.probe = self._probe
+        yield from self._drive(stream, 24, frames)
+
+    # ------------------------------------------------------------------ byte windows
+    def _window_batches(self) -> Iterator[np.ndarray]:
+        """A window after the file's start: the head's state, then entry or resync."""
+        window, head = self.window, self.head
+        if head is None:
+            head = self.head = file_head(self.path, self.chunk_bytes)
+        if head.file_format is None:
+            raise ValueError(f"{self.path}: a byte range needs an uncompressed pcap or pcapng file")
+        self.info.file_format = head.file_format
+        try:
+            raw = open(self.path, "rb")
+        except OSError as exc:
+            self._error(window.start, f"unreadable file: {exc.strerror or exc}")
+            return
+        try:
+            entry = window.entry
+            if head.file_format == "pcap":
+                self.info.link_types.add(head.linktype)
+                frames = _PcapFrames(head.framing, head.linktype)
+                data_start = boundary.PCAP_FILE_HEADER
+            else:
+                frames = _PcapngFrames(self)
+                data_start = 0
+            if entry is not None:
+                frames.load(entry)
+                self.entry = entry
+                raw.seek(entry.offset)
+                yield from self._drive(_Stream(raw), entry.offset, frames, entry=entry)
+            else:
+                start = max(window.start, data_start)
+                if head.file_format == "pcapng":
+                    frames.load(ReadState(start, section=window.section or head.section_at(start)))
+                raw.seek(start)
+                yield from self._drive(_Stream(raw), start, frames, resync_head=head)
+        finally:
+            raw.close()
 
     # ------------------------------------------------------------------ refill loop
-    def _drive(self, stream, start_offset: int, frames) -> Iterator[np.ndarray]:
+    def _drive(self, stream, start_offset: int, frames, entry: ReadState | None = None,
+               resync_head: FileHead | None = None) -> Iterator[np.ndarray]:
         """Read, walk records, resynchronise after damage; shared by both formats.
 
         Modes: ``_START`` (pcap: is the first record a boundary?), ``_IN_SYNC``
-        (walking), ``_SEARCHING`` (skipping damaged bytes to the next boundary) and
+        (walking), ``_SEARCHING`` (skipping damaged bytes to the next boundary),
         ``_SUSPECT`` (a plausible record whose successor header is not: is its length
-        wrong, or the next header damaged?).
+        wrong, or the next header damaged?) and ``_RESYNC`` (a byte range finding its
+        first boundary: silent, nothing there is damage). A window's ``stop`` ends the
+        walk at the first record starting at or after it (``self.exit``).
         """
         P = np.empty((self.batch_rows, decode.NCOL), dtype=np.int64)
         pending = b""
         base = start_offset  # file offset of pending[0]
         eof = False
-        mode = _START if frames.checks_start else _IN_SYNC
+        if resync_head is not None:
+            mode = _RESYNC
+        elif entry is not None:
+            mode = _START if entry.checks_start else _IN_SYNC
+        else:
+            mode = _START if frames.checks_start else _IN_SYNC
+        stop_at = decode.NO_STOP
+        if self.window is not None and self.window.stop is not None:
+            stop_at = self.window.stop
         damaged_from, damage, search, suspect_end = 0, "", 0, 0
         while True:
             if not eof:
@@ -226,8 +404,26 @@ class CaptureReader:
             buf = np.frombuffer(pending, dtype=np.uint8)
             end = len(buf)
             pos = 0
+            stop = min(max(stop_at - base, 0), decode.NO_STOP)
             while True:
                 trusted = -1
+                if mode == _RESYNC:
+                    found, resume = frames.scan(buf, search, end, eof)
+                    if found is None:
+                        pos = search = resume
+                        if eof:
+                            self.entry = frames.state(base + end)
+                            self._leave(frames, base + end)
+                            return
+                        break
+                    if isinstance(frames, _PcapngFrames):
+                        section = self.window.section or resync_head.section_at(base + found)
+                        frames.load(ReadState(base + found, section=section))
+                    self.entry = frames.state(base + found)
+                    mode, pos = _IN_SYNC, found
+                if mode in (_START, _IN_SYNC) and pos >= stop:
+                    self._leave(frames, base + pos, checks_start=mode == _START)
+                    return
                 if mode == _START:
                     verdict = frames.verdict(buf, pos, eof)
                     if verdict == boundary.SHORT:
@@ -268,10 +464,13 @@ class CaptureReader:
                         frames.synced(buf, found)
                         pos = found
                     mode = _IN_SYNC
-                n, pos, code = frames.walk(buf, pos, end, eof, trusted, P, base)
+                n, pos, code = frames.walk(buf, pos, end, eof, trusted, P, base, stop)
                 if n:
                     self.packets += n
                     yield P[:n]
+                if code == decode.CODE_STOP:
+                    self._leave(frames, base + pos)
+                    return
                 if code == decode.CODE_SHB or code == decode.CODE_IDB:
                     consumed = frames.parse_block(code, buf, pos, end, base)
                     if consumed is None:  # need more bytes
@@ -295,7 +494,14 @@ class CaptureReader:
             if eof:
                 self._finish(stream, mode == _SEARCHING, damaged_from, damage, base, len(pending),
                              frames.what)
+                self._leave(frames, base + len(pending))
                 return
+
+    def _leave(self, frames, offset: int, checks_start: bool = False) -> None:
+        """Reading ends at ``offset`` (a window's stop or the end of data): ``self.exit``."""
+        self.exit = frames.state(offset, checks_start)
+        self.inherited_time = frames.inherited_time
+        self.section_events = list(getattr(frames, "events", []))
 
     def _skipped(self, start: int, stop: int, what: str, damage: str) -> None:
         """Bytes ``[start, stop)`` skipped as damaged; reading resumed at ``stop``."""
@@ -324,15 +530,23 @@ class _PcapFrames:
 
     what = "pcap record"
     checks_start = True
+    inherited_time = False
 
     def __init__(self, framing: boundary.PcapFraming, linktype: int):
         self.framing = framing
         self.linktype = linktype
+        self.probe = False
 
-    def walk(self, buf, pos, end, final, trusted, P, base):
+    def state(self, offset: int, checks_start: bool = False) -> ReadState:
+        return ReadState(int(offset), checks_start)
+
+    def load(self, state: ReadState) -> None:
+        pass  # a classic pcap's state is its header's (the framing, anchored on the head)
+
+    def walk(self, buf, pos, end, final, trusted, P, base, stop=decode.NO_STOP):
         f = self.framing
         return decode.walk_pcap(buf, pos, end, final, f.swapped, f.nano, self.linktype,
-                                f.caplen_limit, f.ts_min_s, f.ts_max_s, trusted, P, base)
+                                f.caplen_limit, f.ts_min_s, f.ts_max_s, trusted, P, base, stop)
 
     def scan(self, buf, start, limit, final):
         return boundary.scan_record_boundary(buf, start, self.framing, final, limit)
@@ -344,6 +558,8 @@ class _PcapFrames:
         """A boundary at ``pos``: the first one dates the file's time window."""
         if not self.framing.anchor_known and pos + 16 <= len(buf):
             self.framing = self.framing.anchored(self._field(buf, pos, 0))
+            if self.probe:
+                raise _Anchored(self.framing)
 
     def header_plausible(self, buf, pos) -> bool:
         f = self.framing
@@ -382,6 +598,29 @@ class _PcapngFrames:
         self.exp: list[int] = []
         self.snap: list[int] = []
         self.last_ts = 0
+        self.dating = np.zeros(2, dtype=np.int64)  # [dated, packets given the entry's time]
+        self.events: list[list] = []
+        """Section changes parsed, in order: ``["shb", swapped]``, ``["idb", link, pow2, exp, snap]``."""
+        self._refresh()
+
+    @property
+    def section(self) -> PcapngSection:
+        return PcapngSection(self.swapped, tuple(self.links), tuple(self.pow2), tuple(self.exp),
+                             tuple(self.snap))
+
+    @property
+    def inherited_time(self) -> bool:
+        return bool(self.dating[1])
+
+    def state(self, offset: int, checks_start: bool = False) -> ReadState:
+        return ReadState(int(offset), False, self.section, int(self.last_ts))
+
+    def load(self, state: ReadState) -> None:
+        section = state.section or PcapngSection()
+        self.swapped = section.swapped
+        self.links, self.pow2 = list(section.links), list(section.pow2)
+        self.exp, self.snap = list(section.exp), list(section.snap)
+        self.last_ts = state.last_ts
         self._refresh()
 
     @property
@@ -394,11 +633,11 @@ class _PcapngFrames:
                        np.array(self.exp or [6], dtype=np.int64),
                        np.array(self.snap or [0], dtype=np.int64))
 
-    def walk(self, buf, pos, end, final, trusted, P, base):
+    def walk(self, buf, pos, end, final, trusted, P, base, stop=decode.NO_STOP):
         link, pow2, exp, snap = self.arrays
         n, pos, code, self.last_ts = decode.walk_pcapng(
             buf, pos, end, self.swapped, link, pow2, exp, snap, len(self.links), MAX_CAPLEN,
-            self.last_ts, P, base)
+            self.last_ts, P, base, stop, self.dating)
         return n, pos, code
 
     def scan(self, buf, start, limit, final):
@@ -422,6 +661,8 @@ class _PcapngFrames:
             consumed = self._parse_idb(buf, pos, base)
         if consumed is not None and consumed > 0:
             self._refresh()
+            self.events.append(["shb", self.swapped] if code == decode.CODE_SHB else
+                               ["idb", self.links[-1], self.pow2[-1], self.exp[-1], self.snap[-1]])
         return consumed
 
     def _parse_shb(self, buf: np.ndarray, pos: int, end: int) -> int | None:
@@ -493,3 +734,75 @@ class _Prefixed:
             head, self.prefix = self.prefix, b""
             return head + self.stream.read(max(size - len(head), 0))
         return self.stream.read(size)
+
+
+class _Anchored(Exception):
+    """Raised by a probing reader once its time window is anchored (see ``file_head``)."""
+
+    def __init__(self, framing: boundary.PcapFraming):
+        super().__init__("anchored")
+        self.framing = framing
+
+
+def file_head(path: str | Path, chunk_bytes: int = 4 << 20) -> FileHead:
+    """The state a byte range of ``path`` needs from the file's head (:class:`FileHead`).
+
+    Classic pcap: the header, and the time window anchored where a whole-file reader
+    anchors it (that reader is run until it does: normally within the first chunk).
+    pcapng: the leading Section Header and Interface Description Blocks, walked block by
+    block from offset 0 until another block (or a damaged one). Reads only the head.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError:
+        return FileHead(None)
+    if magic in PCAP_MAGICS:
+        probe = CaptureReader(path, chunk_bytes=chunk_bytes)
+        probe._probe = True
+        framing = None
+        try:
+            for _ in probe.batches():
+                break
+        except _Anchored as anchored:
+            framing = anchored.framing
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(boundary.PCAP_FILE_HEADER)
+            framing = framing or boundary.pcap_framing(header)
+        except ValueError:
+            return FileHead(None)
+        linktype = int.from_bytes(header[20:24], "big" if framing.swapped else "little") & 0x0FFFFFFF
+        return FileHead("pcap", framing=framing, linktype=linktype)
+    if magic != PCAPNG_MAGIC:
+        return FileHead(None)
+    scratch = CaptureReader(path)  # collects the head's link-type warnings, discarded
+    frames = _PcapngFrames(scratch)
+    sections: list[tuple[int, PcapngSection]] = []
+    data, pos = b"", 0
+    with open(path, "rb") as fh:
+        while True:
+            buf = np.frombuffer(data, dtype=np.uint8)
+            fault, blen, _swapped = boundary.pcapng_block_fault(
+                buf, pos, len(buf), frames.swapped, len(frames.links), MAX_CAPLEN)
+            if fault == -1:
+                more = fh.read(max(chunk_bytes, blen - (len(buf) - pos)))
+                if more:
+                    data += more
+                    continue
+                break
+            if fault != boundary.BLOCK_OK:
+                break
+            block_type = bytes(buf[pos:pos + 4])
+            if block_type == PCAPNG_MAGIC:
+                code = decode.CODE_SHB
+            elif struct.unpack(">I" if _swapped else "<I", block_type)[0] == 1:
+                code = decode.CODE_IDB
+            else:
+                code = None
+            if code is None or frames.parse_block(code, buf, pos, len(buf), 0) in (None, -1):
+                break
+            sections.append((pos, frames.section))
+            pos += blen
+    return FileHead("pcapng", sections=tuple(sections), head_end=pos)
