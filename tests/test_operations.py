@@ -8,12 +8,15 @@ trained on the nights before, and must give the tables that in-process run gave.
 
 The night a data engineer schedules, through a central ``luigid`` onto a Spark standalone
 master, is one run (``cluster_run``) that both the scheduler test and the cluster test read:
-every full run of the night costs about a minute.
+every full run of the night costs about a minute. That run also re-extracts the second
+night, whose 1.5 MB capture it reads as byte ranges of 256 KiB on the cluster's executors.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -31,6 +34,9 @@ from tests.pipeline_runs import (
 
 pytestmark = pytest.mark.slow
 NIGHT = "2026-01-03"
+SPLIT_NIGHT = "2026-01-02"
+"""An uncompressed night of the sample (the third is gzip, which cannot be split)."""
+SPLIT_BYTES = 256 * 1024
 TABLE_KEYS = {
     "flows": ["flow_id"], "ingest_stats": ["capture_file"], "atoms": ["flow_id"],
     "graph_edges": ["src", "dst", "relationship"], "flow_scores": ["model", "flow_id"],
@@ -103,8 +109,11 @@ def cluster_run(luigid, detect_run, tmp_path_factory):
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         cluster_cfg = tmp_path / "cluster.cfg"
         cluster_cfg.write_text(TINY_CFG.read_text() + f"\n[spark]\nmaster = spark://127.0.0.1:{master_port}\n"
-                               "driver.host = 127.0.0.1\nexecutor.memory = 2g\n")
+                               "driver.host = 127.0.0.1\nexecutor.memory = 2g\n"
+                               f"\n[flows]\nsplit_bytes = {SPLIT_BYTES}\n")
         root = without_night(detect_run.pristine, NIGHT, tmp_path / "warehouse")
+        for table in ("flows", "ingest_stats", "ingest_errors"):   # extracted again, split
+            shutil.rmtree(warehouse.partition_path(root, table, date=SPLIT_NIGHT))
         result = run_luigi("DetectTask", *_detect_args(root), "--scheduler-host", "127.0.0.1",
                            "--scheduler-port", str(luigid),
                            env=luigi_env(LUIGI_CONFIG_PATH=str(cluster_cfg), SPARK_LOCAL_IP="127.0.0.1"))
@@ -183,4 +192,6 @@ def test_standalone_spark_master_gives_the_same_tables(cluster_run, reference_ta
     root, result, master = cluster_run
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"master={master}" in result.stdout + result.stderr
+    split = re.search(rf"extract {SPLIT_NIGHT}: 1 files split into (\d+) byte ranges", result.stdout + result.stderr)
+    assert split and int(split.group(1)) >= 5            # 1,481,086 bytes in ranges of 256 KiB
     assert _tables(root) == reference_tables

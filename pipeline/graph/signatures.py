@@ -109,6 +109,7 @@ def fit_signature_normalisation(flows: Any, min_packets: int = 8) -> dict:
     mean = moments[1] / count
     variance = np.maximum(moments[2] / count - mean**2, 0.0)
     std = np.maximum(np.sqrt(variance), _MIN_STD)
+    mean, std = _layout_free(mean), _layout_free(std)
     log.info("signature normalisation fitted on %d flows", int(count))
     return {
         "version": STATS_VERSION,
@@ -122,6 +123,18 @@ def fit_signature_normalisation(flows: Any, min_packets: int = 8) -> dict:
         "mean": [float(x) for x in mean],
         "std": [float(x) for x in std],
     }
+
+
+STATS_SIGNIFICANT_DIGITS = 12
+"""Fitted means and deviations are rounded to this many significant digits: Spark sums the
+moments partition by partition, so the same flows stored in other files (a capture read
+as byte ranges, a rerun with other parallelism) change the last bits of the sums, and a
+similarity edge at its threshold could flip with them."""
+
+
+def _layout_free(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to :data:`STATS_SIGNIFICANT_DIGITS` significant digits."""
+    return np.array([float(f"{v:.{STATS_SIGNIFICANT_DIGITS}g}") for v in np.asarray(values, dtype=np.float64)])
 
 
 def _spark_moments(flows_df, min_packets: int) -> np.ndarray:
