@@ -82,22 +82,14 @@ def load_seeds(shared_data: Path, limit: int = 64) -> list[tuple[str, bytes]]:
     return seeds
 
 
+CLASSIC_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")
+
+
 def whole_pcap_records(data: bytes) -> int | None:
     """Whole records of a classic pcap (None if not classic pcap)."""
-    if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        order = "<"
-    elif data[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-        order = ">"
-    else:
+    if data[:4] not in CLASSIC_PCAP_MAGICS:
         return None
-    count, pos = 0, 24
-    while pos + 16 <= len(data):
-        caplen = struct.unpack(order + "I", data[pos + 8:pos + 12])[0]
-        if caplen > 262_144 or pos + 16 + caplen > len(data):
-            break
-        count += 1
-        pos += 16 + caplen
-    return count
+    return len(packet_records(data))
 
 
 def packet_records(data: bytes) -> list[tuple[int, int, int]] | None:
