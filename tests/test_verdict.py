@@ -295,12 +295,12 @@ def test_coordination_counts_gate_passing_flows_of_one_new_pair_or_one_new_servi
     night = pd.concat([beacon, busy_known], ignore_index=True)
     passing = np.ones(len(night), bool)
     from pipeline.verdict.scoring import relationship_counts
-    counts_all = relationship_counts(night, passing, "off")
-    counts_new = relationship_counts(night, passing, "nights")
+    counts_all = relationship_counts(night, passing, "all")
+    counts_new = relationship_counts(night, passing, "new")
     assert (counts_all == 30).all()
     assert (counts_new[:30] == 30).all() and (counts_new[30:] == 0).all()
     passing[:25] = False
-    assert (relationship_counts(night, passing, "nights")[25:30] == 5).all()
+    assert (relationship_counts(night, passing, "new")[25:30] == 5).all()
 
 
 def test_a_joining_devices_pairs_do_not_count_as_new_coordination(reference):
@@ -309,8 +309,9 @@ def test_a_joining_devices_pairs_do_not_count_as_new_coordination(reference):
     joining[["host_pair_nights_seen", "client_service_nights_seen", "src_host_nights_seen"]] = 0
     from pipeline.verdict.scoring import relationship_counts
     passing = np.ones(len(joining), bool)
-    assert (relationship_counts(joining, passing, "nights") == 30).all()
-    assert (relationship_counts(joining, passing, "pattern", VerdictConfig().local_networks) == 0).all()
+    patterns = evidence.history_patterns(joining, VerdictConfig().local_networks)
+    assert (relationship_counts(joining, passing, "new") == 30).all()
+    assert (relationship_counts(joining, passing, "new_pattern", patterns) == 0).all()
 
 
 def test_a_repeated_new_relationship_is_flagged_as_coordinated_under_the_strong_flow_threshold(reference):

@@ -133,13 +133,15 @@ def fit_reference(validation: list[pd.DataFrame], a2gnn: dict | None, rearview: 
         volumes = np.concatenate([evidence.new_relationship_volumes(v, config.local_networks) for v in with_history])
     reference = Reference(patterns, volumes, a2gnn, rearview)
     nights = [v for v in validation if len(v)]
-    per_night = [combine.fisher(evidence_pieces(v, reference, config, models_run)[0]) for v in nights]
+    evidence_of = [evidence_pieces(v, reference, config, models_run) for v in nights]
+    per_night = [combine.fisher(pieces) for pieces, _, _, _ in evidence_of]
     combined = np.concatenate(per_night) if per_night else np.zeros(0)
     threshold = combine.threshold_score(combined, config.false_alarm_budget)
-    newness = NEWNESS.get(config.coordination, "off")
-    largest = max((int(relationship_counts(v, combine.score_of(c) > threshold, newness,
-                                           config.local_networks).max(initial=0))
-                   for v, c in zip(nights, per_night)), default=0)
+    largest = 0
+    if config.coordination != "off":
+        largest = max((int(relationship_counts(v, combine.score_of(c) > threshold, config.coordination,
+                                               night_patterns).max(initial=0))
+                       for v, c, (_, _, _, night_patterns) in zip(nights, per_night, evidence_of)), default=0)
     return dataclasses.replace(
         reference, threshold=threshold,
         tail_distance=combine.tail_distance([combine.z_of(c) for c in per_night], config.false_alarm_budget),
@@ -147,27 +149,29 @@ def fit_reference(validation: list[pd.DataFrame], a2gnn: dict | None, rearview: 
         coordination_flows=max(config.coordination_min_flows, largest + 1))
 
 
-def relationship_counts(night: pd.DataFrame, passing: np.ndarray, new_only: str = "off",
-                        local_networks: str = "") -> np.ndarray:
+def relationship_counts(night: pd.DataFrame, passing: np.ndarray, newness: str = "all",
+                        patterns: pd.Series | None = None) -> np.ndarray:
     """``[N]`` per flow: how many ``passing`` flows of the night share its host pair or its
     service, whichever is larger (0 for a flow that does not pass).
 
-    ``new_only``: ``off`` counts every relationship; ``nights`` counts a host pair (a
-    service) only where it was seen on no earlier night; ``pattern`` only where the
-    flow's history pattern calls it new (:func:`pipeline.verdict.evidence.history_patterns`:
-    a joining local device's pairs are not new). A night without history has nothing new.
+    ``newness``: ``all`` counts every relationship; ``new`` counts a host pair (a service)
+    only where it was seen on no earlier night; ``new_pattern`` only where the flow's
+    history pattern (``patterns [N]``, :func:`pipeline.verdict.evidence.history_patterns`,
+    ``None`` for a flow without history) calls it new: a joining local device's pairs are
+    not. A night without history has nothing new.
     """
     passing = np.asarray(passing, dtype=bool)
     counts = np.zeros(len(night), dtype=np.int64)
     if not passing.any():
         return counts
-    has_history = night["history_nights"].fillna(0).to_numpy() > 0
     new = {"host_pair": np.ones(len(night), bool), "service": np.ones(len(night), bool)}
-    if new_only == "nights":
+    if newness == "new":
+        has_history = night["history_nights"].fillna(0).to_numpy() > 0
         new = {key: has_history & (night[f"{key}_nights_seen"].fillna(-1).to_numpy() == 0) for key in new}
-    elif new_only == "pattern":
-        new = {"host_pair": has_history & evidence.new_pairs(night, local_networks),
-               "service": has_history & (night["service_nights_seen"].fillna(-1).to_numpy() == 0)}
+    elif newness == "new_pattern":
+        text = pd.Series(patterns, dtype=object).fillna("").to_numpy(dtype=str)
+        new = {"host_pair": np.char.find(text, "/new_pair/") >= 0,
+               "service": np.char.startswith(text, "new_service/")}
     for key in ("host_pair", "service"):
         members = passing & new[key]
         if not members.any():
@@ -177,22 +181,17 @@ def relationship_counts(night: pd.DataFrame, passing: np.ndarray, new_only: str 
     return counts
 
 
-NEWNESS = {"all": "off", "new": "nights", "new_pattern": "pattern"}
-"""``VerdictConfig.coordination`` -> ``relationship_counts(new_only=...)``."""
-
-
 def coordinated_flows(night: pd.DataFrame, score: np.ndarray, reference: Reference,
-                      config: VerdictConfig) -> np.ndarray:
+                      config: VerdictConfig, patterns: pd.Series) -> np.ndarray:
     """``[N]`` flows of a coordinated relationship: past the loose gate (the ``validation``
     rule's threshold) with at least ``reference.coordination_flows`` such flows sharing
     their host pair or their service tonight. Coordinated attacks (a scan, a flood, a
     brute force, a beacon) repeat one relationship many times; benign novelty rarely does.
-    ``config.coordination``: ``all`` counts every relationship, ``new`` only those seen on
-    no earlier night, ``new_pattern`` only those the history pattern calls new."""
+    ``config.coordination`` says which relationships count (:func:`relationship_counts`);
+    ``patterns``: the flows' history patterns."""
     if reference.coordination_flows <= 0 or not np.isfinite(reference.threshold):
         return np.zeros(len(night), dtype=bool)
-    counts = relationship_counts(night, score > reference.threshold, NEWNESS[config.coordination],
-                                 config.local_networks)
+    counts = relationship_counts(night, score > reference.threshold, config.coordination, patterns)
     return counts >= reference.coordination_flows
 
 
@@ -222,7 +221,7 @@ def score_night(night: pd.DataFrame, reference: Reference, config: VerdictConfig
     threshold = alarm_threshold(combined, reference, config)
     flagged = score > threshold
     if config.coordination != "off":
-        coordinated = coordinated_flows(night, score, reference, config) & ~flagged
+        coordinated = coordinated_flows(night, score, reference, config, patterns) & ~flagged
         flagged = flagged | coordinated
         for row in np.flatnonzero(coordinated):
             notes[row].append("coordinated relationship")
