@@ -141,27 +141,22 @@ def _decode_ipv6(b, o, end, P, i):
     nxt = np.int64(b[o + 6])
     p = o + 40
     for _ in range(16):  # extension header chain, bounded
-        if nxt == 0 or nxt == 43 or nxt == 60 or nxt == 135 or nxt == 139 or nxt == 140:
-            if end - p < 8:
-                P[i, PROTO] = nxt
-                P[i, STATUS] = TRUNCATED
-                return
+        generic = nxt == 0 or nxt == 43 or nxt == 60 or nxt == 135 or nxt == 139 or nxt == 140
+        if not (generic or nxt == 51 or nxt == 44):
+            break
+        if end - p < 8:  # every extension header is at least 8 bytes
+            P[i, PROTO] = nxt
+            P[i, STATUS] = TRUNCATED
+            return
+        if generic:
             nxt2 = np.int64(b[p])
             p += (np.int64(b[p + 1]) + 1) * 8
             nxt = nxt2
         elif nxt == 51:  # AH: length in 4-octet units minus 2
-            if end - p < 8:
-                P[i, PROTO] = nxt
-                P[i, STATUS] = TRUNCATED
-                return
             nxt2 = np.int64(b[p])
             p += (np.int64(b[p + 1]) + 2) * 4
             nxt = nxt2
-        elif nxt == 44:  # fragment header
-            if end - p < 8:
-                P[i, PROTO] = nxt
-                P[i, STATUS] = TRUNCATED
-                return
+        else:  # 44, fragment header
             nxt2 = np.int64(b[p])
             fo = _u16be(b, p + 2)
             P[i, IPID] = _u32be(b, p + 4)
@@ -173,8 +168,6 @@ def _decode_ipv6(b, o, end, P, i):
                 return
             if fo & 1:
                 P[i, FRAG] = FIRST_FRAGMENT
-        else:
-            break
     P[i, PROTO] = nxt
     if p > end:
         P[i, STATUS] = TRUNCATED
