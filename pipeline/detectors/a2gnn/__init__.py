@@ -9,22 +9,12 @@ calibrates A2GNN's evidence on). Behind it: ``graphs`` (Spark tables -> atom gra
 ``training`` and ``scoring``.
 """
 from models.a2gnn_config import A2GNNConfig
+from pipeline.detectors import lazy_face
 
 __all__ = ["A2GNNConfig", "benign_calibration", "score_a2gnn", "train_a2gnn"]
 
-
-def __getattr__(name: str):
-    # imported when first asked for, so that reading the configuration stays light
-    if name == "train_a2gnn":
-        from pipeline.detectors.a2gnn.training import train_a2gnn
-
-        return train_a2gnn
-    if name == "score_a2gnn":
-        from pipeline.detectors.a2gnn.scoring import score_a2gnn
-
-        return score_a2gnn
-    if name == "benign_calibration":
-        from pipeline.detectors.a2gnn.scoring import benign_calibration
-
-        return benign_calibration
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_face(__name__, {
+    "train_a2gnn": "pipeline.detectors.a2gnn.training",
+    "score_a2gnn": "pipeline.detectors.a2gnn.scoring",
+    "benign_calibration": "pipeline.detectors.a2gnn.scoring",
+})

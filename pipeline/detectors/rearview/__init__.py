@@ -11,24 +11,14 @@ screening, edge embeddings), ``decision`` (refinement ensemble, tails, decision 
 ``training``, ``inference`` (one process) and ``scoring`` (Spark tasks); ``windows`` and
 ``bursts`` are the FIFO queue's arithmetic.
 """
+from pipeline.detectors import lazy_face
 from pipeline.detectors.rearview.config import RearViewConfig
 
 __all__ = ["RearViewConfig", "benign_calibration", "score_rearview", "train_rearview"]
 
-
-def __getattr__(name: str):
-    # Training and scoring are imported when first asked for: training imports torch (~8 s),
-    # which reading the configuration (every luigi process) must not pay.
-    if name == "train_rearview":
-        from pipeline.detectors.rearview.training import train_rearview
-
-        return train_rearview
-    if name == "score_rearview":
-        from pipeline.detectors.rearview.scoring import score_rearview
-
-        return score_rearview
-    if name == "benign_calibration":
-        from pipeline.detectors.rearview.inference import benign_calibration
-
-        return benign_calibration
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# training imports torch (~8 s), which reading the configuration must not pay
+__getattr__ = lazy_face(__name__, {
+    "train_rearview": "pipeline.detectors.rearview.training",
+    "score_rearview": "pipeline.detectors.rearview.scoring",
+    "benign_calibration": "pipeline.detectors.rearview.inference",
+})
